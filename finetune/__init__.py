@@ -1,0 +1,1 @@
+"""LoRA fine-tuning with PEFT, and adapter packaging for vLLM and the embedded engine."""

@@ -1,0 +1,1 @@
+"""The indexer: loaders, chunking, embedding and the on-disk FAISS index."""

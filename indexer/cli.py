@@ -1,0 +1,142 @@
+"""`ragtune index ...`: parse, call the indexer, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ragtune.settings import Settings, get_settings
+
+app = typer.Typer(help="Build and inspect the document index.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+IndexDir = Annotated[
+    Optional[Path], typer.Option("--index-dir", "-i", help="Index directory [default: setting index.dir, env RAGTUNE_INDEX__DIR].")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _settings(index_dir: Path | None) -> Settings:
+    settings = get_settings()
+    if index_dir is not None:
+        settings.index.dir = index_dir
+    return settings
+
+
+def _ingestor(settings: Settings):
+    from indexer.embedder import load_embedder
+    from indexer.ingest import Ingestor
+
+    with err.status("Loading the embedding model..."):
+        return Ingestor(settings, load_embedder(settings.embedding))
+
+
+class _RichProgress:
+    """Files done of total, chunks embedded, chunks/s."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+        self._task = None
+        self._chunks = 0
+        self._started = 0.0
+
+    def start(self, files: int) -> None:
+        import time
+
+        self._started = time.perf_counter()
+        self._task = self._progress.add_task("Indexing", total=files, chunks="0 chunks, 0.0 chunks/s")
+
+    def advance(self, files: int = 0, chunks: int = 0) -> None:
+        import time
+
+        self._chunks += chunks
+        rate = self._chunks / max(time.perf_counter() - self._started, 1e-9)
+        self._progress.update(self._task, advance=files, chunks=f"{self._chunks} chunks, {rate:.1f} chunks/s")
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for path, reason in report.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}")
+    for path, message in report.warnings:
+        err.print(f"[yellow]warning[/] {path}: {message}")
+    out.print(
+        f"files: {len(report.added)} added, {len(report.unchanged)} unchanged, {len(report.replaced)} replaced, "
+        f"{len(report.removed)} removed, {len(report.skipped)} skipped; chunks: +{report.chunks_added} "
+        f"-{report.chunks_removed}; index version {report.version_id or '(none)'} ({report.seconds:.1f}s)"
+    )
+
+
+@app.command()
+def add(
+    paths: Annotated[list[str], typer.Argument(help="Files, directories (recursive) or glob patterns.")],
+    index_dir: IndexDir = None,
+    root: Annotated[
+        Optional[Path], typer.Option(help="Make document ids relative to this directory (default: absolute paths).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Add or update documents. Unchanged files are skipped; changed ones are replaced."""
+    settings = _settings(index_dir)
+    ingestor = _ingestor(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files, {task.fields[chunks]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
+        report = ingestor.ingest(paths, settings.index.dir, root=root, progress=_RichProgress(bar))
+    _print_report(report, as_json)
+    if report.failed:
+        err.print("error: nothing could be indexed (see the reasons above)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def remove(
+    targets: Annotated[list[str], typer.Argument(help="Document/source ids, file paths, or directories.")],
+    index_dir: IndexDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Remove documents (their chunks and vectors) from the index."""
+    settings = _settings(index_dir)
+    report = _ingestor(settings).remove(targets, settings.index.dir)
+    _print_report(report, as_json)
+    if not report.removed:
+        raise typer.Exit(2)
+
+
+@app.command("list")
+def list_sources(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
+    """List the indexed source files with their document and chunk counts."""
+    from indexer.snapshot import IndexSnapshot
+
+    snapshot = IndexSnapshot(_settings(index_dir).index.dir)
+    sources = snapshot.sources()
+    if as_json:
+        typer.echo(json.dumps(sources, indent=2))
+        return
+    table = Table("source", "documents", "chunks", "bytes", "indexed at")
+    for s in sources:
+        table.add_row(s["source_id"], str(s["documents"]), str(s["chunks"]), str(s["size"]), s["indexed_at"])
+    out.print(table)
+
+
+@app.command()
+def stats(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
+    """Show the index version, embedding model, chunking and sizes."""
+    from indexer.snapshot import IndexSnapshot
+
+    figures = IndexSnapshot(_settings(index_dir).index.dir).stats()
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    table = Table(show_header=False)
+    for key, value in figures.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)

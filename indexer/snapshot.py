@@ -1,0 +1,106 @@
+"""Read one committed version of an index: search vectors, fetch chunks, report stats."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer import store, vectors
+from ragtune.settings import IndexSettings
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    id: int
+    doc_id: str
+    source_id: str
+    source_path: str
+    position: int
+    text: str
+    headings: tuple[str, ...]
+    context: str
+    page: int | None
+    token_count: int
+    content_hash: str
+    title: str | None
+    metadata: dict
+
+
+_CHUNK_QUERY = """
+SELECT c.id, c.doc_id, c.source_id, s.path, c.position, c.text, c.headings, c.context, c.page,
+       c.token_count, c.content_hash, d.title, d.metadata
+FROM chunks c JOIN sources s USING (source_id) JOIN documents d USING (doc_id)
+"""
+
+
+class IndexSnapshot:
+    """An immutable view of one version. Safe to share between threads for reads."""
+
+    def __init__(self, directory: Path, settings: IndexSettings | None = None):
+        self.directory = directory
+        self.version_dir = store.committed_version_dir(directory)
+        self.manifest = store.read_manifest(self.version_dir)
+        self.version_id = self.manifest.version_id
+        self.index = vectors.read(self.version_dir / store.VECTORS)
+        if settings is not None:
+            vectors.set_search_depth(self.index, settings.hnsw_ef_search)
+        self._db = store.connect_readonly(self.version_dir / store.CHUNKS_DB)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and chunk ids, best first, shape (len(queries), k); id -1 pads short results."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        return self.index.search(queries, min(k, max(1, self.index.ntotal)))
+
+    def chunks(self, ids: list[int]) -> list[ChunkRecord]:
+        """Chunk rows for `ids`, in the order asked (unknown ids are left out)."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
+        return [_record(rows[i]) for i in ids if i in rows]
+
+    def sources(self) -> list[dict]:
+        query = """
+            SELECT s.source_id, s.path, s.size, s.indexed_at, s.warnings,
+                   (SELECT COUNT(*) FROM documents d WHERE d.source_id = s.source_id) AS documents,
+                   (SELECT COUNT(*) FROM chunks c WHERE c.source_id = s.source_id) AS chunks
+            FROM sources s ORDER BY s.path"""
+        return [
+            {**dict(row), "warnings": json.loads(row["warnings"])}
+            for row in self._db.execute(query)
+        ]
+
+    def stats(self) -> dict:
+        tokens = self._db.execute("SELECT COALESCE(SUM(token_count), 0), COALESCE(MAX(token_count), 0) FROM chunks").fetchone()
+        size = sum(p.stat().st_size for p in self.version_dir.iterdir())
+        m = self.manifest
+        return {
+            "directory": str(self.directory),
+            "version_id": m.version_id,
+            "created_at": m.created_at,
+            "format_version": m.format_version,
+            "embedding": m.embedding.model_dump(),
+            "chunking": m.chunking,
+            "index_kind": m.index_kind,
+            "sources": m.sources,
+            "documents": m.documents,
+            "chunks": m.chunks,
+            "vectors": int(self.index.ntotal),
+            "tokens": int(tokens[0]),
+            "max_chunk_tokens": int(tokens[1]),
+            "bytes_on_disk": size,
+        }
+
+
+def _record(row) -> ChunkRecord:
+    return ChunkRecord(
+        id=row[0], doc_id=row[1], source_id=row[2], source_path=row[3], position=row[4], text=row[5],
+        headings=tuple(json.loads(row[6])), context=row[7], page=row[8], token_count=row[9],
+        content_hash=row[10], title=row[11], metadata=json.loads(row[12]),
+    )

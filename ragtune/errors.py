@@ -1,0 +1,35 @@
+"""Domain errors shared by every part. Each says what went wrong and how to fix it.
+
+They are raised inside the code and translated once at the edge: a one-line message
+and exit code in the CLI, an OpenAI-shaped error body over HTTP.
+"""
+
+
+class RagtuneError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(RagtuneError):
+    """The user asked for something that cannot work as given (a missing path...)."""
+
+    exit_code = 2
+
+
+class IndexNotFound(RagtuneError):
+    exit_code = 2
+
+
+class IndexIncompatible(RagtuneError):
+    """The index was written by a newer ragtune, or with other settings or models."""
+
+    exit_code = 2
+
+
+class IndexLocked(RagtuneError):
+    exit_code = 3
+
+
+class IndexCorrupt(RagtuneError):
+    exit_code = 4

@@ -1,0 +1,1 @@
+"""The query service (FastAPI): retrieval, prompt packing under a token budget, generation."""

@@ -1,0 +1,54 @@
+"""Shared fixtures. Models are real and loaded once per session; paths and environment
+are isolated per test so nothing leaks between tests or from the developer's shell."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SQUAD = SHARED_DATA / "squad-v2-dev-5articles.json"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    for key in list(os.environ):
+        if key.startswith("RAGTUNE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray .env, relative paths land in the test's own dir
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from indexer.embedder import load_embedder
+    from ragtune.settings import EmbeddingSettings
+
+    return load_embedder(EmbeddingSettings())
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from ragtune.settings import get_settings
+
+    s = get_settings()
+    s.index.dir = tmp_path / "index"
+    return s
+
+
+@pytest.fixture
+def ingestor(settings, embedder):
+    from indexer.ingest import Ingestor
+
+    return Ingestor(settings, embedder)
+
+
+@pytest.fixture(scope="session")
+def squad() -> dict:
+    return json.loads(SQUAD.read_text())
