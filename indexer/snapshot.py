@@ -65,6 +65,10 @@ class IndexSnapshot:
         rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
         return [_record(rows[i]) for i in ids if i in rows]
 
+    def all_chunks(self) -> list[ChunkRecord]:
+        """Every chunk, in id order (= vector id order)."""
+        return [_record(row) for row in self._db.execute(f"{_CHUNK_QUERY} ORDER BY c.id")]
+
     def sources(self) -> list[dict]:
         query = """
             SELECT s.source_id, s.path, s.size, s.indexed_at, s.warnings,

@@ -9,26 +9,19 @@ import typer
 from indexer.cli import app as index_app
 from ragtune.errors import RagtuneError
 
-app = typer.Typer(help="Answer questions over your own documents with open-weight LLMs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Answer questions over your own documents with open-weight LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(index_app, name="index")
 
 
 def main() -> None:
-    """Console entry point: domain errors become one line on stderr and an exit code."""
+    """Console entry point. Usage errors are click's (exit 2); domain errors become one
+    line on stderr and their own exit code."""
     try:
-        app(standalone_mode=False)
+        app()
     except RagtuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
