@@ -17,6 +17,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SQUAD = SHARED_DATA / "squad-v2-dev-5articles.json"
 
 
+_REPORTED: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """Figures a test measured (recall, latency...), printed in the run's summary."""
+    return _REPORTED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORTED:
+        terminalreporter.section("measured")
+        for line in _REPORTED:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     for key in list(os.environ):

@@ -24,7 +24,7 @@ def test_metric_helper_on_a_hand_checked_case():
     assert retrieval_metrics([1, 2, None, 10]) == {"recall@1": 0.25, "recall@5": 0.5, "recall@10": 0.75, "mrr": (1 + 0.5 + 0.1) / 4}
 
 
-def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor, settings, squad, tmp_path):
+def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor, settings, squad, tmp_path, report):
     records, questions = [], []
     for article in squad["data"]:
         for i, paragraph in enumerate(article["paragraphs"]):
@@ -33,8 +33,8 @@ def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor,
             questions += [(qa["question"], doc) for qa in paragraph["qas"] if not qa["is_impossible"]]
     corpus = tmp_path / "squad.jsonl"
     corpus.write_text("\n".join(json.dumps(r) for r in records))
-    report = ingestor.ingest([str(corpus)], settings.index.dir, root=tmp_path)
-    assert report.added and not report.skipped and len(questions) == 705
+    ingested = ingestor.ingest([str(corpus)], settings.index.dir, root=tmp_path)
+    assert ingested.added and not ingested.skipped and len(questions) == 705
 
     snap = IndexSnapshot(settings.index.dir)
     assert snap.stats()["documents"] == 173
@@ -45,7 +45,7 @@ def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor,
         docs = list(dict.fromkeys(id_to_doc[int(i)] for i in row if i >= 0))  # rank documents, not chunks
         ranks.append(docs.index(f"squad.jsonl#{gold}") + 1 if f"squad.jsonl#{gold}" in docs else None)
     metrics = retrieval_metrics(ranks)
-    print("\nSQuAD dense retrieval over 173 paragraphs, 705 answerable questions: "
+    report("SQuAD dense retrieval over 173 paragraphs, 705 answerable questions: "
           + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     assert metrics["recall@5"] >= 0.80
     assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"]
