@@ -65,6 +65,11 @@ class IndexSnapshot:
         rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
         return [_record(rows[i]) for i in ids if i in rows]
 
+    def chunk_ids(self, where: str, args: list) -> list[int]:
+        """Ids of the chunks matching an SQL condition over chunks c, sources s, documents d."""
+        query = "SELECT c.id FROM chunks c JOIN sources s USING (source_id) JOIN documents d USING (doc_id)"
+        return [row[0] for row in self._db.execute(f"{query} WHERE {where}" if where else query, args)]
+
     def all_chunks(self) -> list[ChunkRecord]:
         """Every chunk, in id order (= vector id order)."""
         return [_record(row) for row in self._db.execute(f"{_CHUNK_QUERY} ORDER BY c.id")]

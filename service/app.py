@@ -1,0 +1,173 @@
+"""The FastAPI app: models load in the lifespan, routes parse, call the pipeline and map."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ragtune.errors import RagtuneError, UsageError
+from ragtune.settings import Settings
+from service import errors
+from service.generation import create_generator
+from service.generation.base import Generator
+from service.pipeline import Prepared, RagPipeline, usage_of
+from service.protocol import (
+    AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
+    model_list,
+)
+from service.retrieval import Retriever
+
+
+def _pipeline(request: Request) -> RagPipeline:
+    return request.app.state.pipeline
+
+
+# Module level: FastAPI resolves (string) annotations against the module's globals.
+Pipeline = Annotated[RagPipeline, Depends(_pipeline)]
+
+
+def create_app(settings: Settings, generator: Generator | None = None, embedder=None) -> FastAPI:
+    """`generator` and `embedder` may be passed in (already loaded); otherwise the lifespan loads them."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal generator, embedder
+        if embedder is None:
+            from indexer.embedder import load_embedder
+
+            embedder = await asyncio.to_thread(load_embedder, settings.embedding)
+        if generator is None:
+            generator = await asyncio.to_thread(create_generator, settings.generation)
+        retriever = Retriever(settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds)
+        app.state.pipeline = RagPipeline(settings, retriever, generator)
+        try:
+            yield
+        finally:
+            await generator.close()
+
+    app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
+    errors.install(app)
+
+    @app.exception_handler(RagtuneError)
+    async def _domain(request: Request, exc: RagtuneError) -> JSONResponse:
+        status, body = errors.status_and_body(exc)
+        return JSONResponse(body, status_code=status)
+
+    def check_question(text: str) -> None:
+        if not text.strip():
+            raise UsageError("the question is empty; send some text")
+        if len(text) > settings.service.max_question_chars:
+            raise UsageError(
+                f"the question has {len(text)} characters; the limit is {settings.service.max_question_chars} "
+                "(setting service.max_question_chars)"
+            )
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(rag: Pipeline) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            checks["index"] = (await asyncio.to_thread(rag.retriever.snapshot)).version_id
+        except RagtuneError as exc:
+            checks["index"] = f"not ready: {exc}"
+        checks["backend"] = "ok" if await rag.generator.ready() else "unreachable"
+        ok = checks["backend"] == "ok" and not checks["index"].startswith("not ready")
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models(rag: Pipeline) -> dict:
+        return model_list(rag.generator.models())
+
+    @app.post("/ask", response_model=None)
+    async def ask(body: AskRequest, rag: Pipeline):
+        check_question(body.question)
+        adapter = rag.check_model(body.model)
+        params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
+        overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score}.items() if v is not None}
+        options = (body.filters or RetrievalOptions()).model_copy(update=overrides)
+        prepared = await rag.prepare_async(body.question, [], options, params.max_tokens)
+        if body.stream:
+            return _sse(_ask_events(rag, prepared, params))
+        completion = await rag.complete(prepared, params)
+        return AskResponse(
+            answer=completion.text, citations=prepared.citations, usage=usage_of(completion),
+            ledger=_ledger(prepared), model=completion.model, index_version=prepared.index_version,
+            finish_reason=completion.finish_reason, timings_ms={k: round(v, 2) for k, v in prepared.timings_ms.items()},
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest, rag: Pipeline):
+        adapter = rag.check_model(body.model)
+        params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
+        system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
+        turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+        last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
+        if last_user is None:
+            raise UsageError("messages: at least one user message is needed")
+        question = turns[last_user]["content"]
+        check_question(question)
+        prepared = await rag.prepare_async(question, turns[:last_user], body.retrieval, params.max_tokens, system)
+        cid = completion_id()
+        model = body.model
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(_chat_events(rag, prepared, params, cid, model, include_usage))
+        completion = await rag.complete(prepared, params)
+        return chat_response(cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations)
+
+    return app
+
+
+def _ledger(prepared: Prepared) -> dict:
+    if prepared.ledger is None:
+        return {"retrieval": "disabled"}
+    ledger = prepared.ledger
+    return {
+        "context_window": ledger.context_window, "reserved_answer_tokens": ledger.reserved_answer_tokens,
+        "base_tokens": ledger.base_tokens, "budget": ledger.budget, "prompt_tokens": ledger.prompt_tokens,
+        "join_tokens": ledger.join_tokens, "retrieved": ledger.retrieved, "packed": ledger.packed, "dropped": ledger.dropped,
+    }
+
+
+def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    async def body():
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+        except RagtuneError as exc:  # headers are gone: the error travels as an event
+            yield f"data: {json.dumps(errors.status_and_body(exc)[1])}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _ask_events(rag: RagPipeline, prepared: Prepared, params) -> AsyncIterator[dict]:
+    yield {"type": "citations", "citations": [c.model_dump() for c in prepared.citations], "index_version": prepared.index_version}
+    async for event in rag.generator.stream(prepared.messages, params):
+        if event.done:
+            completion = event.completion
+            yield {"type": "done", "finish_reason": completion.finish_reason, "usage": usage_of(completion).model_dump(),
+                   "ledger": _ledger(prepared), "model": completion.model}
+        else:
+            yield {"type": "delta", "text": event.text}
+
+
+async def _chat_events(rag: RagPipeline, prepared: Prepared, params, cid: str, model: str, include_usage: bool) -> AsyncIterator[dict]:
+    created = int(time.time())
+    yield chat_chunk(cid, model, created, {"role": "assistant", "content": ""}, sources=prepared.citations)
+    async for event in rag.generator.stream(prepared.messages, params):
+        if event.done:
+            yield chat_chunk(cid, model, created, {}, finish=event.completion.finish_reason)
+            if include_usage:
+                yield chat_chunk(cid, model, created, None, usage=usage_of(event.completion))
+        elif event.text:
+            yield chat_chunk(cid, model, created, {"content": event.text})

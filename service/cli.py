@@ -1,0 +1,70 @@
+"""`ragtune serve` and `ragtune ask`: parse, call, print."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ragtune.settings import get_settings
+
+err = Console(stderr=True)
+out = Console()
+
+IndexDir = Annotated[Optional[Path], typer.Option("--index-dir", "-i", help="Index directory [default: setting index.dir].")]
+
+
+def serve(
+    index_dir: IndexDir = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address [default: setting service.host].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [default: setting service.port].")] = None,
+) -> None:
+    """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = get_settings()
+    if index_dir is not None:
+        settings.index.dir = index_dir
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.service.host,
+        port=port or settings.service.port,
+        log_level="info",
+    )
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
+    index_dir: IndexDir = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Passages to retrieve.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Longest answer, in tokens.")] = None,
+) -> None:
+    """Answer one question with the same pipeline as the service, and show its sources."""
+    from indexer.embedder import load_embedder
+    from service.generation import create_generator
+    from service.pipeline import RagPipeline
+    from service.protocol import RetrievalOptions
+    from service.retrieval import Retriever
+
+    settings = get_settings()
+    if index_dir is not None:
+        settings.index.dir = index_dir
+    with err.status("Loading models..."):
+        embedder = load_embedder(settings.embedding)
+        generator = create_generator(settings.generation)
+    rag = RagPipeline(settings, Retriever(settings.index.dir, settings.index, embedder, 0), generator)
+    from service.generation.base import GenerationParams
+
+    params = GenerationParams(max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature)
+    prepared = rag.prepare(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
+    completion = asyncio.run(rag.complete(prepared, params))
+    out.print(completion.text)
+    out.print()
+    for c in prepared.citations:
+        where = " > ".join(c.headings) or c.title or ""
+        out.print(f"[{c.number}] {c.source}{' — ' + where if where else ''} (score {c.score:.2f})")

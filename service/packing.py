@@ -1,0 +1,179 @@
+"""Prompt assembly under a token budget, counted with the generation model's tokenizer.
+
+budget = context window - reserved answer tokens - (system prompt + template + history +
+question). Passages enter by relevance; duplicates are dropped and neighbouring chunks of
+one document merged; the passage that no longer fits is trimmed at a sentence boundary or
+dropped. The most relevant passages go first and last ("Lost in the Middle", arXiv
+2307.03172) and are numbered in the order shown, so answers can cite [1], [2]. The final
+prompt is counted whole, and passages are dropped until it fits: the budget is exact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from service.generation.base import Generator, Messages
+from service.retrieval import Hit
+from ragtune.errors import UsageError
+from ragtune.settings import PromptSettings
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MIN_TRIMMED_TOKENS = 24  # a trimmed passage shorter than this is not worth its header
+
+
+class PromptTooLong(UsageError):
+    """The question and history alone do not fit the model's context window."""
+
+
+@dataclass
+class Passage:
+    hits: list[Hit]  # first = the most relevant; more when neighbouring chunks were merged
+    text: str
+    number: int = 0
+    tokens: int = 0
+    trimmed: bool = False
+
+    @property
+    def score(self) -> float:
+        return self.hits[0].score
+
+    @property
+    def chunk(self):
+        return self.hits[0].chunk
+
+
+@dataclass
+class Ledger:
+    context_window: int
+    reserved_answer_tokens: int
+    base_tokens: int  # system prompt, template, history and question, without passages
+    budget: int
+    retrieved: list[dict] = field(default_factory=list)
+    packed: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    @property
+    def join_tokens(self) -> int:
+        """Tokens the final count differs from base + passages (joins between pieces)."""
+        return self.prompt_tokens - self.base_tokens - sum(p["tokens"] for p in self.packed)
+
+
+def _overlap_join(first: str, second: str) -> str:
+    """first + second without the text they share (chunks overlap by whole sentences)."""
+    for size in range(min(len(first), len(second)), 0, -1):
+        if first.endswith(second[:size]):
+            return first + second[size:]
+    return f"{first} {second}"
+
+
+def lost_in_the_middle(items: list) -> list:
+    """[r1, r2, r3, r4, r5] (by relevance) -> [r1, r3, r5, r4, r2]: best at both ends."""
+    return items[0::2] + items[1::2][::-1]
+
+
+class Packer:
+    def __init__(self, prompt: PromptSettings, generator: Generator):
+        self.prompt = prompt
+        self.generator = generator
+
+    def _format(self, passage: Passage, number: int, text: str | None = None) -> str:
+        chunk = passage.chunk
+        title = chunk.context or chunk.title or chunk.source_path.rsplit("/", 1)[-1]
+        return self.prompt.passage_template.format(
+            number=number, title=title, text=text if text is not None else passage.text, source=chunk.source_path
+        )
+
+    def messages(self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None) -> Messages:
+        """The chat sent to the model. `passages=None`: no retrieval; `[]`: the template, empty."""
+        if passages is None:
+            user = question
+        else:
+            block = "\n\n".join(self._format(p, p.number) for p in passages)
+            user = self.prompt.context_template.format(passages=block, question=question)
+        instructions = self.prompt.system_prompt if passages is not None else None
+        system_text = "\n\n".join(s for s in (system, instructions) if s)
+        head = [{"role": "system", "content": system_text}] if system_text else []
+        return [*head, *history, {"role": "user", "content": user}]
+
+    def _merge(self, hits: list[Hit], ledger: Ledger) -> list[Passage]:
+        passages: list[Passage] = []
+        seen_hashes: dict[str, int] = {}
+        for hit in hits:
+            chunk = hit.chunk
+            if chunk.content_hash in seen_hashes:
+                ledger.dropped.append({"chunk_id": chunk.id, "score": hit.score, "reason": "duplicate", "of": seen_hashes[chunk.content_hash]})
+                continue
+            seen_hashes[chunk.content_hash] = chunk.id
+            for passage in passages:
+                positions = [h.chunk.position for h in passage.hits]
+                if passage.chunk.doc_id == chunk.doc_id and chunk.position in (min(positions) - 1, max(positions) + 1):
+                    if chunk.position < min(positions):
+                        passage.text = _overlap_join(chunk.text, passage.text)
+                    else:
+                        passage.text = _overlap_join(passage.text, chunk.text)
+                    passage.hits.append(hit)
+                    break
+            else:
+                passages.append(Passage([hit], chunk.text))
+        return passages
+
+    def _trim(self, passage: Passage, room: int) -> bool:
+        """Cut the passage at a sentence boundary to fit `room` tokens; False if too little fits."""
+        sentences = _SENTENCE_END.split(passage.text)
+        while len(sentences) > 1:
+            sentences.pop()
+            text = " ".join(sentences)
+            tokens = self.generator.count_text_tokens([self._format(passage, 99, text) + "\n\n"])[0]
+            if tokens <= room:
+                if tokens < MIN_TRIMMED_TOKENS:
+                    return False
+                passage.text, passage.tokens, passage.trimmed = text, tokens, True
+                return True
+        return False
+
+    def pack(
+        self, question: str, history: Messages, hits: list[Hit], below_score: list[Hit],
+        answer_tokens: int, system: str | None = None,
+    ) -> tuple[Messages, list[Passage], Ledger]:
+        window = self.generator.context_window
+        # Everything but the passages: system prompt, history, question, and the template.
+        base = self.generator.count_chat_tokens(self.messages(question, history, [], system))
+        ledger = Ledger(window, answer_tokens, base, window - answer_tokens - base)
+        ledger.retrieved = [{"chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "score": round(h.score, 4)} for h in hits + below_score]
+        ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "below_score"} for h in below_score]
+        if window - answer_tokens - base < 0:
+            raise PromptTooLong(
+                f"the question and conversation take {base} tokens, but the model's window is {window} with "
+                f"{answer_tokens} reserved for the answer; shorten them or lower max_tokens"
+            )
+        chosen: list[Passage] = []
+        used = 0
+        candidates = self._merge(hits, ledger)
+        for index, passage in enumerate(candidates):
+            passage.tokens = self.generator.count_text_tokens([self._format(passage, 99) + "\n\n"])[0]
+            if used + passage.tokens <= ledger.budget or self._trim(passage, ledger.budget - used):
+                chosen.append(passage)
+                used += passage.tokens
+                continue
+            for rest in candidates[index:]:
+                ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "budget"} for h in rest.hits]
+            break
+        while True:
+            ordered = lost_in_the_middle(chosen)
+            for number, passage in enumerate(ordered, start=1):
+                passage.number = number
+            messages = self.messages(question, history, ordered, system)
+            total = self.generator.count_chat_tokens(messages)
+            if total <= window - answer_tokens or not chosen:
+                break
+            last = chosen.pop()  # the least relevant goes first
+            ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "budget"} for h in last.hits]
+        ledger.prompt_tokens = total
+        ledger.packed = [
+            {"number": p.number, "chunk_ids": [h.chunk.id for h in p.hits], "score": round(p.score, 4),
+             "tokens": p.tokens, "trimmed": p.trimmed}
+            for p in ordered
+        ]
+        return messages, ordered, ledger

@@ -1,0 +1,93 @@
+"""Retrieve, pack, generate: the one pipeline behind /ask, the chat API and `ragtune ask`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ragtune.errors import UnknownModel
+from ragtune.settings import Settings
+from service.generation.base import Completion, GenerationParams, Generator, Messages
+from service.packing import Ledger, Packer, Passage
+from service.protocol import Citation, RetrievalOptions, Usage
+from service.retrieval import Filters, Retriever
+
+SNIPPET_CHARS = 240
+
+
+@dataclass
+class Prepared:
+    messages: Messages
+    passages: list[Passage] = field(default_factory=list)
+    ledger: Ledger | None = None
+    index_version: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def citations(self) -> list[Citation]:
+        return [citation(p) for p in sorted(self.passages, key=lambda p: p.number)]
+
+
+def citation(passage: Passage) -> Citation:
+    chunk = passage.chunk
+    snippet = passage.text if len(passage.text) <= SNIPPET_CHARS else passage.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
+    return Citation(
+        number=passage.number, doc_id=chunk.doc_id, source=chunk.source_path, chunk_id=chunk.id,
+        chunk_ids=[h.chunk.id for h in passage.hits], score=round(passage.score, 4), title=chunk.title,
+        headings=list(chunk.headings), page=chunk.page, snippet=snippet,
+    )
+
+
+def usage_of(completion: Completion) -> Usage:
+    return Usage(
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        total_tokens=completion.prompt_tokens + completion.completion_tokens,
+    )
+
+
+class RagPipeline:
+    def __init__(self, settings: Settings, retriever: Retriever, generator: Generator):
+        self.settings = settings
+        self.retriever = retriever
+        self.generator = generator
+        self.packer = Packer(settings.prompt, generator)
+
+    def check_model(self, model: str | None) -> str | None:
+        """None for the base model; the adapter name otherwise. Unknown names are refused."""
+        if model is None or model == self.generator.model_name:
+            return None
+        if model in self.generator.models():
+            return model
+        raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model and adapters")
+
+    def prepare(
+        self, question: str, history: Messages, options: RetrievalOptions | None, answer_tokens: int, system: str | None = None
+    ) -> Prepared:
+        """Blocking (embedding, FAISS, tokenizer): call it off the event loop."""
+        options = options or RetrievalOptions()
+        if not options.enabled:
+            started = time.perf_counter()
+            messages = self.packer.messages(question, history, None, system)
+            return Prepared(messages, timings_ms={"retrieval": 0.0, "packing": (time.perf_counter() - started) * 1000})
+        started = time.perf_counter()
+        filters = Filters(tuple(options.doc_ids), options.source_prefix, dict(options.metadata))
+        top_k = options.top_k or self.settings.retrieval.top_k
+        min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
+        hits, below = self.retriever.search(question, top_k, filters, min_score)
+        version = self.retriever.snapshot().version_id
+        retrieved = time.perf_counter()
+        messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system)
+        packed = time.perf_counter()
+        timings = {"retrieval": (retrieved - started) * 1000, "packing": (packed - retrieved) * 1000}
+        return Prepared(messages, passages, ledger, version, timings)
+
+    async def prepare_async(self, *args, **kwargs) -> Prepared:
+        return await asyncio.to_thread(self.prepare, *args, **kwargs)
+
+    async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
+        started = time.perf_counter()
+        completion = await self.generator.generate(prepared.messages, params)
+        prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
+        return completion
