@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+QUESTION ?= Which class is the default for flights under six hours?
+
 demo: $(STAMP)
 	$(BIN)/ragtune index add examples/corpus --index-dir $(INDEX)
-	$(BIN)/ragtune index stats --index-dir $(INDEX)
+	$(BIN)/python examples/demo.py $(INDEX) "$(QUESTION)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -79,7 +79,7 @@ class Packer:
         self.generator = generator
 
     def _format(self, passage: Passage, number: int, text: str | None = None) -> str:
-        chunk = passage.chunk
+        chunk = min((h.chunk for h in passage.hits), key=lambda c: c.position)  # where the text starts
         title = chunk.context or chunk.title or chunk.source_path.rsplit("/", 1)[-1]
         return self.prompt.passage_template.format(
             number=number, title=title, text=text if text is not None else passage.text, source=chunk.source_path
@@ -103,7 +103,7 @@ class Packer:
         for hit in hits:
             chunk = hit.chunk
             if chunk.content_hash in seen_hashes:
-                ledger.dropped.append({"chunk_id": chunk.id, "score": hit.score, "reason": "duplicate", "of": seen_hashes[chunk.content_hash]})
+                ledger.dropped.append({"chunk_id": chunk.id, "score": round(hit.score, 4), "reason": "duplicate", "of": seen_hashes[chunk.content_hash]})
                 continue
             seen_hashes[chunk.content_hash] = chunk.id
             for passage in passages:
