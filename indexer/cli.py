@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,14 +49,10 @@ class _RichProgress:
         self._started = 0.0
 
     def start(self, files: int) -> None:
-        import time
-
         self._started = time.perf_counter()
         self._task = self._progress.add_task("Indexing", total=files, chunks="0 chunks, 0.0 chunks/s")
 
     def advance(self, files: int = 0, chunks: int = 0) -> None:
-        import time
-
         self._chunks += chunks
         rate = self._chunks / max(time.perf_counter() - self._started, 1e-9)
         self._progress.update(self._task, advance=files, chunks=f"{self._chunks} chunks, {rate:.1f} chunks/s")

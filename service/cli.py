@@ -47,6 +47,7 @@ def ask(
     """Answer one question with the same pipeline as the service, and show its sources."""
     from indexer.embedder import load_embedder
     from service.generation import create_generator
+    from service.generation.base import GenerationParams
     from service.pipeline import RagPipeline
     from service.protocol import RetrievalOptions
     from service.retrieval import Retriever
@@ -58,8 +59,6 @@ def ask(
         embedder = load_embedder(settings.embedding)
         generator = create_generator(settings.generation)
     rag = RagPipeline(settings, Retriever(settings.index.dir, settings.index, embedder, 0), generator)
-    from service.generation.base import GenerationParams
-
     params = GenerationParams(max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature)
     prepared = rag.prepare(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
     completion = asyncio.run(rag.complete(prepared, params))
