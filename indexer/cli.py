@@ -12,23 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ragtune.settings import Settings, get_settings
+from ragtune.cli_options import IndexDir, settings_for
+from ragtune.settings import Settings
 
 app = typer.Typer(help="Build and inspect the document index.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
 
-IndexDir = Annotated[
-    Optional[Path], typer.Option("--index-dir", "-i", help="Index directory [default: setting index.dir, env RAGTUNE_INDEX__DIR].")
-]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _settings(index_dir: Path | None) -> Settings:
-    settings = get_settings()
-    if index_dir is not None:
-        settings.index.dir = index_dir
-    return settings
 
 
 def _ingestor(settings: Settings):
@@ -83,7 +74,7 @@ def add(
     as_json: AsJson = False,
 ) -> None:
     """Add or update documents. Unchanged files are skipped; changed ones are replaced."""
-    settings = _settings(index_dir)
+    settings = settings_for(index_dir)
     ingestor = _ingestor(settings)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files, {task.fields[chunks]}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
@@ -101,7 +92,7 @@ def remove(
     as_json: AsJson = False,
 ) -> None:
     """Remove documents (their chunks and vectors) from the index."""
-    settings = _settings(index_dir)
+    settings = settings_for(index_dir)
     report = _ingestor(settings).remove(targets, settings.index.dir)
     _print_report(report, as_json)
     if not report.removed:
@@ -113,7 +104,7 @@ def list_sources(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
     """List the indexed source files with their document and chunk counts."""
     from indexer.snapshot import IndexSnapshot
 
-    snapshot = IndexSnapshot(_settings(index_dir).index.dir)
+    snapshot = IndexSnapshot(settings_for(index_dir).index.dir)
     sources = snapshot.sources()
     if as_json:
         typer.echo(json.dumps(sources, indent=2))
@@ -129,7 +120,7 @@ def stats(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
     """Show the index version, embedding model, chunking and sizes."""
     from indexer.snapshot import IndexSnapshot
 
-    figures = IndexSnapshot(_settings(index_dir).index.dir).stats()
+    figures = IndexSnapshot(settings_for(index_dir).index.dir).stats()
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return

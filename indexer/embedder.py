@@ -31,9 +31,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-normalised float32 vectors, one row per text."""
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text without special tokens, as the model will see them."""
-
 
 def model_fingerprint(model_dir: Path) -> str:
     digest = hashlib.sha256()
@@ -104,11 +101,6 @@ class SentenceTransformerEmbedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
 
     def identity(self) -> dict:
         return {

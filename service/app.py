@@ -16,12 +16,11 @@ from ragtune.settings import Settings
 from service import errors
 from service.generation import create_generator
 from service.generation.base import Generator
-from service.pipeline import Prepared, RagPipeline, usage_of
+from service.pipeline import Prepared, RagPipeline, build_pipeline, usage_of
 from service.protocol import (
     AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
     model_list,
 )
-from service.retrieval import Retriever
 
 
 def _pipeline(request: Request) -> RagPipeline:
@@ -44,8 +43,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             embedder = await asyncio.to_thread(load_embedder, settings.embedding)
         if generator is None:
             generator = await asyncio.to_thread(create_generator, settings.generation)
-        retriever = Retriever(settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds)
-        app.state.pipeline = RagPipeline(settings, retriever, generator)
+        app.state.pipeline = build_pipeline(settings, embedder, generator)
         try:
             yield
         finally:

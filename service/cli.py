@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from ragtune.settings import get_settings
+from ragtune.cli_options import IndexDir, settings_for
 
 err = Console(stderr=True)
 out = Console()
-
-IndexDir = Annotated[Optional[Path], typer.Option("--index-dir", "-i", help="Index directory [default: setting index.dir].")]
 
 
 def serve(
@@ -27,9 +24,7 @@ def serve(
 
     from service.app import create_app
 
-    settings = get_settings()
-    if index_dir is not None:
-        settings.index.dir = index_dir
+    settings = settings_for(index_dir)
     uvicorn.run(
         create_app(settings),
         host=host or settings.service.host,
@@ -48,17 +43,14 @@ def ask(
     from indexer.embedder import load_embedder
     from service.generation import create_generator
     from service.generation.base import GenerationParams
-    from service.pipeline import RagPipeline
+    from service.pipeline import build_pipeline
     from service.protocol import RetrievalOptions
-    from service.retrieval import Retriever
 
-    settings = get_settings()
-    if index_dir is not None:
-        settings.index.dir = index_dir
+    settings = settings_for(index_dir)
     with err.status("Loading models..."):
         embedder = load_embedder(settings.embedding)
         generator = create_generator(settings.generation)
-    rag = RagPipeline(settings, Retriever(settings.index.dir, settings.index, embedder, 0), generator)
+    rag = build_pipeline(settings, embedder, generator)
     params = GenerationParams(max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature)
     prepared = rag.prepare(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
     completion = asyncio.run(rag.complete(prepared, params))

@@ -91,3 +91,9 @@ class RagPipeline:
         completion = await self.generator.generate(prepared.messages, params)
         prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
         return completion
+
+
+def build_pipeline(settings: Settings, embedder, generator: Generator) -> RagPipeline:
+    """The pipeline over the configured index, for the service and the CLI alike."""
+    retriever = Retriever(settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds)
+    return RagPipeline(settings, retriever, generator)

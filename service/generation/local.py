@@ -109,7 +109,9 @@ class LocalGenerator:
         return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
 
     def count_chat_tokens(self, messages: Messages) -> int:
-        return int(self._prompt_ids(messages)[0].shape[1])
+        # Counting is on the request path (packing counts more than once): no tensors, no device copy.
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        return len(ids)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
