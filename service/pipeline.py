@@ -75,8 +75,9 @@ class RagPipeline:
         filters = Filters(tuple(options.doc_ids), options.source_prefix, dict(options.metadata))
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
-        hits, below = self.retriever.search(question, top_k, filters, min_score)
-        version = self.retriever.snapshot().version_id
+        snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
+        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot)
+        version = snapshot.version_id
         retrieved = time.perf_counter()
         messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system)
         packed = time.perf_counter()

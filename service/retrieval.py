@@ -82,9 +82,11 @@ class Retriever:
         where, args = filters.sql()
         return snapshot.chunk_ids(where, args)
 
-    def search(self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0) -> tuple[list[Hit], list[Hit]]:
-        """Hits at or above `min_score`, best first, and those below it."""
-        snapshot = self.snapshot()
+    def search(
+        self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0, snapshot: IndexSnapshot | None = None
+    ) -> tuple[list[Hit], list[Hit]]:
+        """Hits at or above `min_score`, best first, and those below it (in `snapshot`, default the newest)."""
+        snapshot = snapshot or self.snapshot()
         vector = self.embedder.embed([query])
         params = None
         if filters:
