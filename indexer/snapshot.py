@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from indexer import store, vectors
+from indexer import lexical, store, vectors
 from ragtune.settings import IndexSettings
+
+log = logging.getLogger("ragtune.index")
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,24 @@ class IndexSnapshot:
             vectors.set_search_depth(self.index, settings.hnsw_ef_search)
         self._db = store.connect_readonly(self.version_dir / store.CHUNKS_DB)
 
+        self._lexical: lexical.LexicalIndex | None = None
+        self._lexical_lock = threading.Lock()
+
     def close(self) -> None:
         self._db.close()
+
+    def lexical(self) -> lexical.LexicalIndex:
+        """The BM25 index of this version, loaded on first use (built in memory for older indexes)."""
+        with self._lexical_lock:
+            if self._lexical is None:
+                directory = self.version_dir / store.LEXICAL
+                if (directory / lexical.IDS_FILE).is_file():
+                    self._lexical = lexical.LexicalIndex.load(directory)
+                else:
+                    log.info("index version %s has no BM25 index; building one in memory", self.version_id)
+                    rows = list(self._db.execute("SELECT id, context, text FROM chunks ORDER BY id"))
+                    self._lexical = lexical.LexicalIndex.in_memory([r[0] for r in rows], [lexical.chunk_text(r[1], r[2]) for r in rows])
+            return self._lexical
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and chunk ids, best first, shape (len(queries), k); id -1 pads short results."""

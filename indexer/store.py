@@ -36,6 +36,7 @@ STAGING = "staging"
 MANIFEST = "manifest.json"
 CHUNKS_DB = "chunks.sqlite"
 VECTORS = "vectors.faiss"
+LEXICAL = "bm25"  # added in ragtune 0.1 without a format bump: readers build it when missing
 
 SCHEMA = """
 CREATE TABLE sources (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import store, vectors
+from indexer import lexical, store, vectors
 from indexer.chunking import Chunk
 from indexer.loaders import Document
 from ragtune.errors import IndexIncompatible, IndexLocked
@@ -198,6 +198,9 @@ class IndexWriter:
         kind, index = self._vector_index(counts["chunks"])
         if index.ntotal != counts["chunks"]:
             raise AssertionError(f"vector index holds {index.ntotal} vectors for {counts['chunks']} chunks")
+        rows = self._conn.execute("SELECT id, context, text FROM chunks ORDER BY id").fetchall()
+        lexical.build([r[0] for r in rows], [lexical.chunk_text(r[1], r[2]) for r in rows], self._staging / store.LEXICAL)
+        del rows
         self._conn.close()
         self._conn = None
         vectors.write(index, self._staging / store.VECTORS)
@@ -215,6 +218,8 @@ class IndexWriter:
         store.write_atomic(self._staging / store.MANIFEST, manifest.model_dump_json(indent=2).encode())
         for name in (store.CHUNKS_DB, store.VECTORS):
             store.fsync_path(self._staging / name)
+        for path in (self._staging / store.LEXICAL).iterdir():
+            store.fsync_path(path)
         crashpoint("version-staged")
         final = self.directory / store.VERSIONS / self.version_id
         os.replace(self._staging, final)

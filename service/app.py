@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings
 from service import errors
 from service.generation import create_generator
 from service.generation.base import Generator
+from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import Prepared, RagPipeline, build_pipeline, usage_of
 from service.protocol import (
     AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
@@ -43,13 +44,16 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             embedder = await asyncio.to_thread(load_embedder, settings.embedding)
         if generator is None:
             generator = await asyncio.to_thread(create_generator, settings.generation)
-        app.state.pipeline = build_pipeline(settings, embedder, generator)
+        app.state.pipeline = build_pipeline(settings, embedder, generator, metrics)
+        await generator.ready()  # a remote backend reports its context length; a down one is retried per request
         try:
             yield
         finally:
             await generator.close()
 
+    metrics = Metrics()
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     errors.install(app)
 
     @app.exception_handler(RagtuneError)
@@ -80,6 +84,10 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         checks["backend"] = "ok" if await rag.generator.ready() else "unreachable"
         ok = checks["backend"] == "ok" and not checks["index"].startswith("not ready")
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/v1/models")
     async def models(rag: Pipeline) -> dict:
@@ -150,7 +158,7 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 async def _ask_events(rag: RagPipeline, prepared: Prepared, params) -> AsyncIterator[dict]:
     yield {"type": "citations", "citations": [c.model_dump() for c in prepared.citations], "index_version": prepared.index_version}
-    async for event in rag.generator.stream(prepared.messages, params):
+    async for event in rag.stream(prepared, params):
         if event.done:
             completion = event.completion
             yield {"type": "done", "finish_reason": completion.finish_reason, "usage": usage_of(completion).model_dump(),
@@ -162,7 +170,7 @@ async def _ask_events(rag: RagPipeline, prepared: Prepared, params) -> AsyncIter
 async def _chat_events(rag: RagPipeline, prepared: Prepared, params, cid: str, model: str, include_usage: bool) -> AsyncIterator[dict]:
     created = int(time.time())
     yield chat_chunk(cid, model, created, {"role": "assistant", "content": ""}, sources=prepared.citations)
-    async for event in rag.generator.stream(prepared.messages, params):
+    async for event in rag.stream(prepared, params):
         if event.done:
             yield chat_chunk(cid, model, created, {}, finish=event.completion.finish_reason)
             if include_usage:

@@ -68,6 +68,13 @@ def _overlap_join(first: str, second: str) -> str:
     return f"{first} {second}"
 
 
+def retrieved_entry(hit: Hit) -> dict:
+    entry = {"chunk_id": hit.chunk.id, "doc_id": hit.chunk.doc_id, "score": round(hit.score, 4)}
+    if hit.dense_rank is not None or hit.lexical_rank is not None:  # hybrid: where each ranking put it
+        entry.update(dense_rank=hit.dense_rank, lexical_rank=hit.lexical_rank)
+    return entry
+
+
 def lost_in_the_middle(items: list) -> list:
     """[r1, r2, r3, r4, r5] (by relevance) -> [r1, r3, r5, r4, r2]: best at both ends."""
     return items[0::2] + items[1::2][::-1]
@@ -141,7 +148,7 @@ class Packer:
         # Everything but the passages: system prompt, history, question, and the template.
         base = self.generator.count_chat_tokens(self.messages(question, history, [], system))
         ledger = Ledger(window, answer_tokens, base, window - answer_tokens - base)
-        ledger.retrieved = [{"chunk_id": h.chunk.id, "doc_id": h.chunk.doc_id, "score": round(h.score, 4)} for h in hits + below_score]
+        ledger.retrieved = [retrieved_entry(h) for h in hits + below_score]
         ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "below_score"} for h in below_score]
         if window - answer_tokens - base < 0:
             raise PromptTooLong(

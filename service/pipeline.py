@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from ragtune.errors import UnknownModel
 from ragtune.settings import Settings
-from service.generation.base import Completion, GenerationParams, Generator, Messages
+from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
+from service.metrics import Metrics
 from service.packing import Ledger, Packer, Passage
 from service.protocol import Citation, RetrievalOptions, Usage
 from service.retrieval import Filters, Retriever
@@ -48,7 +50,8 @@ def usage_of(completion: Completion) -> Usage:
 
 
 class RagPipeline:
-    def __init__(self, settings: Settings, retriever: Retriever, generator: Generator):
+    def __init__(self, settings: Settings, retriever: Retriever, generator: Generator, metrics: Metrics | None = None):
+        self.metrics = metrics
         self.settings = settings
         self.retriever = retriever
         self.generator = generator
@@ -76,7 +79,8 @@ class RagPipeline:
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
         snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
-        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot)
+        hybrid = self.settings.retrieval.hybrid if options.hybrid is None else options.hybrid
+        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, hybrid)
         version = snapshot.version_id
         retrieved = time.perf_counter()
         messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system)
@@ -90,11 +94,25 @@ class RagPipeline:
     async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
         started = time.perf_counter()
         completion = await self.generator.generate(prepared.messages, params)
-        prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
+        self._finished(prepared, completion, started)
         return completion
 
+    async def stream(self, prepared: Prepared, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        started = time.perf_counter()
+        async for event in self.generator.stream(prepared.messages, params):
+            if event.done:
+                self._finished(prepared, event.completion, started)
+            yield event
 
-def build_pipeline(settings: Settings, embedder, generator: Generator) -> RagPipeline:
+    def _finished(self, prepared: Prepared, completion: Completion, started: float) -> None:
+        prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
+        if self.metrics is not None:
+            self.metrics.observe_answer(prepared.timings_ms, completion)
+
+
+def build_pipeline(settings: Settings, embedder, generator: Generator, metrics: Metrics | None = None) -> RagPipeline:
     """The pipeline over the configured index, for the service and the CLI alike."""
-    retriever = Retriever(settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds)
-    return RagPipeline(settings, retriever, generator)
+    retriever = Retriever(
+        settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds, settings.retrieval
+    )
+    return RagPipeline(settings, retriever, generator, metrics)

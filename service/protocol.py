@@ -22,6 +22,7 @@ class RetrievalOptions(BaseModel):
     enabled: bool = True
     top_k: int | None = Field(None, ge=1, le=100)
     min_score: float | None = Field(None, ge=-1, le=1)
+    hybrid: bool | None = Field(None, description="Fuse BM25 with dense results (default: setting retrieval.hybrid).")
     doc_ids: list[str] = Field(default_factory=list, description="Only these documents.")
     source_prefix: str | None = Field(None, description="Only sources whose path or id starts with this.")
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Exact metadata matches.")

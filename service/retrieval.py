@@ -1,4 +1,10 @@
-"""Dense retrieval over the committed index, with filters, a score floor and hot reload.
+"""Retrieval over the committed index: dense (FAISS), optionally fused with BM25, with
+filters, a score floor and hot reload.
+
+Hybrid search takes the top candidates of each ranking and fuses them by reciprocal rank
+fusion (Cormack et al. 2009): score = sum of 1 / (rrf_k + rank). Every hit still carries
+its dense cosine similarity, also for chunks only BM25 found, so the score floor and the
+scores shown to users mean one thing whichever way a chunk was found.
 
 The retriever holds one index snapshot and swaps in the newer version when the indexer
 commits one. A request keeps the snapshot it started with, so a reload never changes
@@ -14,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from indexer import store
 from indexer.embedder import Embedder
 from indexer.snapshot import ChunkRecord, IndexSnapshot
-from ragtune.settings import IndexSettings
+from ragtune.settings import IndexSettings, RetrievalSettings
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,28 @@ class Filters:
 @dataclass(frozen=True)
 class Hit:
     chunk: ChunkRecord
-    score: float
+    score: float  # cosine similarity of query and chunk
     rank: int  # 1-based, among hits before the score floor
+    dense_rank: int | None = None  # where each ranking put it (hybrid search), None: not in its top
+    lexical_rank: int | None = None
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int) -> list[tuple[int, float]]:
+    """Ids with their fused score, best first; ties keep the order of first appearance."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda pair: -pair[1])
 
 
 class Retriever:
-    def __init__(self, directory: Path, index_settings: IndexSettings, embedder: Embedder, reload_check_seconds: float):
+    def __init__(
+        self, directory: Path, index_settings: IndexSettings, embedder: Embedder, reload_check_seconds: float,
+        retrieval: RetrievalSettings | None = None,
+    ):
+        retrieval = retrieval or RetrievalSettings()
+        self._fusion_depth, self._rrf_k, self._hybrid = retrieval.fusion_depth, retrieval.rrf_k, retrieval.hybrid
         self.directory = directory
         self._index_settings = index_settings
         self.embedder = embedder
@@ -75,6 +98,8 @@ class Retriever:
             if self._snapshot is None or version != self._snapshot.version_id:
                 fresh = IndexSnapshot(self.directory, self._index_settings)
                 store.check_embedder(fresh.manifest, self._identity, self.directory)
+                if self._hybrid:
+                    fresh.lexical()  # now, not mid-request: the version directory may be swept later
                 self._snapshot = fresh
             return self._snapshot
 
@@ -83,23 +108,39 @@ class Retriever:
         return snapshot.chunk_ids(where, args)
 
     def search(
-        self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0, snapshot: IndexSnapshot | None = None
+        self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0,
+        snapshot: IndexSnapshot | None = None, hybrid: bool = False,
     ) -> tuple[list[Hit], list[Hit]]:
         """Hits at or above `min_score`, best first, and those below it (in `snapshot`, default the newest)."""
         snapshot = snapshot or self.snapshot()
         vector = self.embedder.embed([query])
-        params = None
+        params, allowed = None, None
         if filters:
             allowed = self._allowed_ids(snapshot, filters)
             if not allowed:
                 return [], []
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-            k = min(k, len(allowed))
-        k = min(k, snapshot.index.ntotal)
-        if k == 0:
+        k = min(k, snapshot.index.ntotal, len(allowed) if allowed is not None else k)
+        if k <= 0:
             return [], []
-        scores, ids = snapshot.index.search(vector, k, params=params)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        records = {c.id: c for c in snapshot.chunks([i for i, _ in pairs])}
-        hits = [Hit(records[i], s, rank) for rank, (i, s) in enumerate(pairs, start=1) if i in records]
+        depth = max(k, self._fusion_depth) if hybrid else k
+        scores, ids = snapshot.index.search(vector, min(depth, snapshot.index.ntotal), params=params)
+        dense = {int(i): float(s) for i, s in zip(ids[0], scores[0]) if i >= 0}
+        if hybrid:
+            lexical = [chunk_id for chunk_id, _ in snapshot.lexical().search(query, depth, allowed)]
+            dense_ranks = {i: r for r, i in enumerate(dense, start=1)}
+            lexical_ranks = {i: r for r, i in enumerate(lexical, start=1)}
+            order = [i for i, _ in reciprocal_rank_fusion([list(dense), lexical], self._rrf_k)[:k]]
+            missing = [i for i in order if i not in dense]
+            if missing:  # found by BM25 alone: score it by cosine too
+                stored = np.vstack([snapshot.index.reconstruct(i) for i in missing])
+                dense.update({i: float(s) for i, s in zip(missing, stored @ vector[0])})
+            ranked = [(i, dense[i], dense_ranks.get(i), lexical_ranks.get(i)) for i in order]
+        else:
+            ranked = [(i, s, None, None) for i, s in dense.items()]
+        records = {c.id: c for c in snapshot.chunks([r[0] for r in ranked])}
+        hits = [
+            Hit(records[i], s, rank, dense_rank, lexical_rank)
+            for rank, (i, s, dense_rank, lexical_rank) in enumerate(ranked, start=1) if i in records
+        ]
         return [h for h in hits if h.score >= min_score], [h for h in hits if h.score < min_score]

@@ -68,3 +68,19 @@ def ingestor(settings, embedder):
 @pytest.fixture(scope="session")
 def squad() -> dict:
     return json.loads(SQUAD.read_text())
+
+
+@pytest.fixture(scope="session")
+def squad_index(tmp_path_factory, squad, embedder) -> Path:
+    """An index of the SQuAD paragraphs (one record each), built once per session."""
+    from indexer.ingest import Ingestor
+    from ragtune.settings import get_settings
+
+    tmp = tmp_path_factory.mktemp("squad-index")
+    records = [
+        {"id": f"{a['title']}-{i}", "title": a["title"].replace("_", " "), "text": p["context"]}
+        for a in squad["data"] for i, p in enumerate(a["paragraphs"])
+    ]
+    (tmp / "squad.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    Ingestor(get_settings(), embedder).ingest([str(tmp / "squad.jsonl")], tmp / "index", root=tmp)
+    return tmp / "index"

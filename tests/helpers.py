@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
 
 
 def ragtune_env(**extra: str) -> dict[str, str]:
@@ -19,3 +24,48 @@ def ragtune_cmd(*args: str) -> list[str]:
 
 def run_ragtune(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(ragtune_cmd(*args), capture_output=True, text=True, timeout=timeout, env=ragtune_env(**env))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real server process on a local port; `stop()` or leaving the `with` block ends it."""
+
+    def __init__(self, cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
+        self.cmd, self.port, self.log_path, self.env = cmd, port, log_path, env or ragtune_env()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_path: str = "/health", timeout: float = 300) -> Server:
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"{self.cmd[2:]} exited:\n" + self.log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{self.cmd[2:]} did not become ready"
+            try:
+                if httpx.get(f"{self.url}{ready_path}", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -3,60 +3,23 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
 
 import httpx
 import openai
 import pytest
 
-from tests.helpers import ragtune_cmd, ragtune_env
+from tests.helpers import Server, free_port, ragtune_cmd
 
 pytestmark = pytest.mark.slow
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, squad):
-    from indexer.embedder import load_embedder
-    from indexer.ingest import Ingestor
-    from ragtune.settings import get_settings
-
-    tmp = tmp_path_factory.mktemp("service")
-    records = [
-        {"id": f"{a['title']}-{i}", "title": a["title"].replace("_", " "), "text": p["context"]}
-        for a in squad["data"] for i, p in enumerate(a["paragraphs"])
-    ]
-    (tmp / "squad.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    settings = get_settings()
-    Ingestor(settings, load_embedder(settings.embedding)).ingest([str(tmp / "squad.jsonl")], tmp / "index", root=tmp)
+def server(tmp_path_factory, squad_index):
+    log = tmp_path_factory.mktemp("service") / "server.log"
     port = free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(
-        ragtune_cmd("serve", "--index-dir", str(tmp / "index"), "--port", str(port)),
-        env=ragtune_env(), stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "service did not become ready"
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log) as served:
+        yield served.start("/ready").url
 
 
 @pytest.fixture
@@ -66,10 +29,10 @@ def client(server):
 
 def test_chat_completion_answers_from_the_index(client):
     response = client.chat.completions.create(
-        model=BASE_MODEL, messages=[{"role": "user", "content": "In what country is Normandy located?"}], max_tokens=40,
+        model=BASE_MODEL, messages=[{"role": "user", "content": "Who was the duke in the battle of Hastings?"}], max_tokens=40,
     )
     answer = response.choices[0].message.content
-    assert "France" in answer
+    assert "William" in answer
     assert response.choices[0].finish_reason in ("stop", "length")
     assert response.usage.prompt_tokens > 50 and response.usage.completion_tokens > 0
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
@@ -80,7 +43,7 @@ def test_chat_completion_answers_from_the_index(client):
 
 def test_streaming_chunks_parse_and_usage_arrives(client):
     stream = client.chat.completions.create(
-        model=BASE_MODEL, messages=[{"role": "user", "content": "Who was the duke in the battle of Hastings?"}],
+        model=BASE_MODEL, messages=[{"role": "user", "content": "In what country is Normandy located?"}],
         max_tokens=30, stream=True, stream_options={"include_usage": True},
     )
     chunks = list(stream)  # the client parses every SSE event and stops at [DONE]
@@ -161,3 +124,22 @@ def test_health_and_ready(server):
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/ready").json()
     assert ready["status"] == "ready" and ready["checks"]["backend"] == "ok"
+
+
+def test_metrics_count_requests_stages_and_tokens(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answered = httpx.post(f"{server}/ask", json={"question": "Where is Normandy?", "max_tokens": 8}, timeout=120).json()
+    httpx.post(f"{server}/ask", json={"question": ""}, timeout=60)
+    response = httpx.get(f"{server}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert samples[("ragtune_http_requests_total", (("method", "POST"), ("route", "/ask"), ("status", "200")))] >= 1
+    assert samples[("ragtune_http_requests_total", (("method", "POST"), ("route", "/ask"), ("status", "400")))] >= 1
+    for stage in ("retrieval", "packing", "generation"):
+        assert samples[("ragtune_stage_duration_seconds_count", (("stage", stage),))] >= 1
+    completion_tokens = samples[("ragtune_tokens_total", (("kind", "completion"), ("model", BASE_MODEL)))]
+    assert completion_tokens >= answered["usage"]["completion_tokens"] > 0

@@ -24,13 +24,22 @@ def test_metric_helper_on_a_hand_checked_case():
     assert retrieval_metrics([1, 2, None, 10]) == {"recall@1": 0.25, "recall@5": 0.5, "recall@10": 0.75, "mrr": (1 + 0.5 + 0.1) / 4}
 
 
-def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor, settings, squad, tmp_path, report):
+def doc_rank(chunk_ids: list[int], id_to_doc: dict[int, str], gold: str) -> int | None:
+    docs = list(dict.fromkeys(id_to_doc[i] for i in chunk_ids))  # rank documents, not chunks
+    return docs.index(gold) + 1 if gold in docs else None
+
+
+def test_retrieval_quality_and_the_hybrid_default_agree(ingestor, settings, squad, tmp_path, report):
+    """Dense, BM25 and their fusion on the same questions; the hybrid default must be the better one."""
+    from ragtune.settings import RetrievalSettings
+    from service.retrieval import Retriever
+
     records, questions = [], []
     for article in squad["data"]:
         for i, paragraph in enumerate(article["paragraphs"]):
             doc = f"{article['title']}-{i}"
             records.append({"id": doc, "title": article["title"].replace("_", " "), "text": paragraph["context"]})
-            questions += [(qa["question"], doc) for qa in paragraph["qas"] if not qa["is_impossible"]]
+            questions += [(qa["question"], f"squad.jsonl#{doc}") for qa in paragraph["qas"] if not qa["is_impossible"]]
     corpus = tmp_path / "squad.jsonl"
     corpus.write_text("\n".join(json.dumps(r) for r in records))
     ingested = ingestor.ingest([str(corpus)], settings.index.dir, root=tmp_path)
@@ -38,15 +47,21 @@ def test_gold_paragraph_in_top5_for_80_percent_of_answerable_questions(ingestor,
 
     snap = IndexSnapshot(settings.index.dir)
     assert snap.stats()["documents"] == 173
-    scores, ids = snap.search(ingestor.embedder.embed([q for q, _ in questions]), 30)
     id_to_doc = {c.id: c.doc_id for c in snap.all_chunks()}
-    ranks = []
-    for (question, gold), row in zip(questions, ids):
-        docs = list(dict.fromkeys(id_to_doc[int(i)] for i in row if i >= 0))  # rank documents, not chunks
-        ranks.append(docs.index(f"squad.jsonl#{gold}") + 1 if f"squad.jsonl#{gold}" in docs else None)
-    metrics = retrieval_metrics(ranks)
-    report("SQuAD dense retrieval over 173 paragraphs, 705 answerable questions: "
-          + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-    assert metrics["recall@5"] >= 0.80
-    assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"]
+    scores, ids = snap.search(ingestor.embedder.embed([q for q, _ in questions]), 30)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    dense = [doc_rank([int(i) for i in row if i >= 0], id_to_doc, gold) for (_, gold), row in zip(questions, ids)]
+    bm25 = [doc_rank([i for i, _ in snap.lexical().search(q, 30)], id_to_doc, gold) for q, gold in questions]
+    retriever = Retriever(settings.index.dir, settings.index, ingestor.embedder, 60, RetrievalSettings())
+    fused = [
+        doc_rank([h.chunk.id for h in retriever.search(q, 30, hybrid=True)[0]], id_to_doc, gold) for q, gold in questions
+    ]
+    results = {name: retrieval_metrics(ranks) for name, ranks in (("dense", dense), ("bm25", bm25), ("hybrid", fused))}
+    for name, metrics in results.items():
+        report(f"SQuAD {name:>6} retrieval, 173 paragraphs, 705 answerable questions: "
+               + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    assert results["dense"]["recall@5"] >= 0.80
+    for metrics in results.values():
+        assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"]
+    hybrid_wins = results["hybrid"]["recall@5"] >= results["dense"]["recall@5"] and results["hybrid"]["mrr"] >= results["dense"]["mrr"]
+    assert RetrievalSettings().hybrid == hybrid_wins, f"the hybrid default contradicts the numbers: {results}"

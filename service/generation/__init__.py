@@ -12,4 +12,8 @@ def create_generator(settings: GenerationSettings) -> Generator:
             from service.generation.local import LocalGenerator
 
             return LocalGenerator(settings)
+        case "vllm":
+            from service.generation.vllm import VllmGenerator
+
+            return VllmGenerator(settings)
     raise ValueError(f"unknown generation backend {settings.backend!r}")

