@@ -41,6 +41,7 @@ def ask(
 ) -> None:
     """Answer one question with the same pipeline as the service, and show its sources."""
     from indexer.embedder import load_embedder
+    from ragtune.errors import BackendUnavailable
     from service.generation import create_generator
     from service.generation.base import GenerationParams
     from service.pipeline import build_pipeline
@@ -52,8 +53,17 @@ def ask(
         generator = create_generator(settings.generation)
     rag = build_pipeline(settings, embedder, generator)
     params = GenerationParams(max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature)
-    prepared = rag.prepare(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
-    completion = asyncio.run(rag.complete(prepared, params))
+
+    async def answer():
+        try:
+            if not await generator.ready():  # also where a remote backend reports its context length
+                raise BackendUnavailable(f"the {settings.generation.backend} generation backend is not ready; see the log above")
+            prepared = await rag.prepare_async(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
+            return prepared, await rag.complete(prepared, params)
+        finally:
+            await generator.close()
+
+    prepared, completion = asyncio.run(answer())
     out.print(completion.text)
     out.print()
     for c in prepared.citations:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
+from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env, run_ragtune
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAX_MODEL_LEN = 1536  # below ragtune's default window: the service must adopt vLLM's
@@ -187,3 +187,20 @@ def test_down_backend_gives_503_and_the_service_recovers_by_itself(squad_index, 
             assert httpx.get(f"{server.url}/ready").status_code == 200
             up = httpx.post(f"{server.url}/ask", json={"question": "Who was the duke in the battle of Hastings?", "max_tokens": 30}, timeout=120)
             assert up.status_code == 200 and "William" in up.json()["answer"]
+
+
+@pytest.mark.slow
+def test_ragtune_ask_on_vllm_answers_and_a_down_backend_is_one_clear_line(squad_index, vllm):
+    def ask(url: str):
+        return run_ragtune(
+            "ask", "Who was the duke in the battle of Hastings?", "--index-dir", str(squad_index), "--max-tokens", "30",
+            RAGTUNE_GENERATION__BACKEND="vllm", RAGTUNE_GENERATION__VLLM__URLS=json.dumps([url]),
+            RAGTUNE_GENERATION__VLLM__CONNECT_TIMEOUT="1",
+        )
+
+    answered = ask(f"{vllm.url}/v1")
+    assert answered.returncode == 0, answered.stderr
+    assert "William" in answered.stdout and "[1] " in answered.stdout
+    down = ask(f"http://127.0.0.1:{free_port()}/v1")
+    assert down.returncode == 1 and "error: the vllm generation backend is not ready" in down.stderr
+    assert "Traceback" not in down.stderr

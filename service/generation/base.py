@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,33 @@ class Generator(Protocol):
     def models(self) -> list[str]: ...
 
     async def close(self) -> None: ...
+
+
+class TextCountCache:
+    """Token counts of texts seen before (passages recur across requests; a count never changes).
+
+    Thread-safe, least recently used out first. `count_missing` gets only the texts not cached.
+    """
+
+    def __init__(self, count_missing: Callable[[list[str]], list[int]], size: int = 20_000):
+        self._count_missing = count_missing
+        self._size = size
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        found: dict[str, int] = {}
+        with self._lock:
+            for text in texts:
+                if text in self._counts:
+                    found[text] = self._counts[text]
+                    self._counts.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            counted = dict(zip(missing, self._count_missing(missing)))
+            found.update(counted)
+            with self._lock:
+                self._counts.update(counted)
+                while len(self._counts) > self._size:
+                    self._counts.popitem(last=False)
+        return [found[t] for t in texts]

@@ -21,7 +21,7 @@ from typing import AsyncIterator
 
 from ragtune.errors import UsageError
 from ragtune.settings import GenerationSettings
-from service.generation.base import Completion, GenerationParams, Messages, StreamEvent
+from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
 
 log = logging.getLogger("ragtune.generation")
 
@@ -100,6 +100,7 @@ class LocalGenerator:
         self.context_window = settings.context_window
         self._torch = torch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+        self._text_counts = TextCountCache(self._count_texts)
 
     # -- token counting -----------------------------------------------------------------
     def _prompt_ids(self, messages: Messages):
@@ -114,8 +115,9 @@ class LocalGenerator:
         return len(ids)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
+        return self._text_counts(texts) if texts else []
+
+    def _count_texts(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     # -- generation -----------------------------------------------------------------------

@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -26,11 +25,9 @@ import httpx
 
 from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
-from service.generation.base import Completion, GenerationParams, Messages, StreamEvent
+from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
 
 log = logging.getLogger("ragtune.generation")
-
-TEXT_COUNT_CACHE = 20_000  # chunk texts recur across requests; their counts never change
 
 
 def server_root(url: str) -> str:
@@ -96,9 +93,8 @@ class VllmGenerator:
         # Counting runs inside packing, on a worker thread: a blocking client is the right tool there.
         self._sync = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._read_timeout = config.read_timeout
-        self._text_counts: OrderedDict[str, int] = OrderedDict()
-        self._counts_lock = threading.Lock()
         self._counter = self._choose_counter(config.tokenizer)
+        self._text_counts = TextCountCache(lambda texts: [self._counter.text(t) for t in texts])
 
     # -- token counting -----------------------------------------------------------------
     def _choose_counter(self, tokenizer: str):
@@ -117,20 +113,7 @@ class VllmGenerator:
         return self._counter.chat(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
-        counts: dict[str, int] = {}
-        with self._counts_lock:
-            for text in texts:
-                if text in self._text_counts:
-                    counts[text] = self._text_counts[text]
-                    self._text_counts.move_to_end(text)
-        for text in texts:
-            if text not in counts:
-                counts[text] = self._counter.text(text)
-                with self._counts_lock:
-                    self._text_counts[text] = counts[text]
-                    while len(self._text_counts) > TEXT_COUNT_CACHE:
-                        self._text_counts.popitem(last=False)
-        return [counts[t] for t in texts]
+        return self._text_counts(texts) if texts else []
 
     def post_sync(self, path: str, body: dict) -> httpx.Response:
         """A blocking POST to the first replica that answers (for /tokenize)."""
