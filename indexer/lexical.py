@@ -9,13 +9,11 @@ are dropped and words are stemmed (Snowball), for documents and queries alike.
 
 from __future__ import annotations
 
-import logging
+import sqlite3
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger("ragtune.index")
 
 IDS_FILE = "chunk_ids.npy"
 
@@ -33,22 +31,28 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
 
 
-def chunk_text(context: str, text: str) -> str:
-    """What BM25 sees of a chunk: its headings/title context and its text, as the embedder does."""
-    return f"{context}\n{text}" if context else text
+def corpus(db: sqlite3.Connection) -> tuple[list[int], list[str]]:
+    """Chunk ids (ascending) and what BM25 sees of each: its headings/title context and its
+    text, as the embedder does."""
+    rows = db.execute("SELECT id, context, text FROM chunks ORDER BY id").fetchall()
+    return [r[0] for r in rows], [f"{r[1]}\n{r[2]}" if r[1] else r[2] for r in rows]
 
 
-def build(ids: list[int], texts: list[str], target: Path) -> None:
-    """Write a BM25 index of `texts` (chunk ids `ids`, ascending) into `target`."""
+def _fit(texts: list[str]):
     import bm25s
 
-    target.mkdir(parents=True, exist_ok=True)
-    np.save(target / IDS_FILE, np.asarray(ids, dtype=np.int64))
-    if not ids:
-        return
     model = bm25s.BM25()
     model.index(tokenize(texts), show_progress=False)
-    model.save(target, show_progress=False)
+    return model
+
+
+def build(db: sqlite3.Connection, target: Path) -> None:
+    """Write a BM25 index of the chunks in `db` into `target`."""
+    ids, texts = corpus(db)
+    target.mkdir(parents=True, exist_ok=True)
+    np.save(target / IDS_FILE, np.asarray(ids, dtype=np.int64))
+    if ids:
+        _fit(texts).save(target, show_progress=False)
 
 
 class LexicalIndex:
@@ -65,14 +69,9 @@ class LexicalIndex:
         return cls(ids, model)
 
     @classmethod
-    def in_memory(cls, ids: list[int], texts: list[str]) -> LexicalIndex:
-        import bm25s
-
-        model = None
-        if ids:
-            model = bm25s.BM25()
-            model.index(tokenize(texts), show_progress=False)
-        return cls(np.asarray(ids, dtype=np.int64), model)
+    def in_memory(cls, db: sqlite3.Connection) -> LexicalIndex:
+        ids, texts = corpus(db)
+        return cls(np.asarray(ids, dtype=np.int64), _fit(texts) if ids else None)
 
     def search(self, query: str, k: int, allowed: list[int] | None = None) -> list[tuple[int, float]]:
         """(chunk id, BM25 score) best first; only chunks sharing a word with the query."""

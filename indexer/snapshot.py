@@ -68,8 +68,7 @@ class IndexSnapshot:
                     self._lexical = lexical.LexicalIndex.load(directory)
                 else:
                     log.info("index version %s has no BM25 index; building one in memory", self.version_id)
-                    rows = list(self._db.execute("SELECT id, context, text FROM chunks ORDER BY id"))
-                    self._lexical = lexical.LexicalIndex.in_memory([r[0] for r in rows], [lexical.chunk_text(r[1], r[2]) for r in rows])
+                    self._lexical = lexical.LexicalIndex.in_memory(self._db)
             return self._lexical
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

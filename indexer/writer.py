@@ -198,9 +198,7 @@ class IndexWriter:
         kind, index = self._vector_index(counts["chunks"])
         if index.ntotal != counts["chunks"]:
             raise AssertionError(f"vector index holds {index.ntotal} vectors for {counts['chunks']} chunks")
-        rows = self._conn.execute("SELECT id, context, text FROM chunks ORDER BY id").fetchall()
-        lexical.build([r[0] for r in rows], [lexical.chunk_text(r[1], r[2]) for r in rows], self._staging / store.LEXICAL)
-        del rows
+        lexical.build(self._conn, self._staging / store.LEXICAL)
         self._conn.close()
         self._conn = None
         vectors.write(index, self._staging / store.VECTORS)

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings

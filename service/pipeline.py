@@ -79,8 +79,7 @@ class RagPipeline:
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
         snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
-        hybrid = self.settings.retrieval.hybrid if options.hybrid is None else options.hybrid
-        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, hybrid)
+        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, options.hybrid)
         version = snapshot.version_id
         retrieved = time.perf_counter()
         messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system)

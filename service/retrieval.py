@@ -109,10 +109,12 @@ class Retriever:
 
     def search(
         self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0,
-        snapshot: IndexSnapshot | None = None, hybrid: bool = False,
+        snapshot: IndexSnapshot | None = None, hybrid: bool | None = None,
     ) -> tuple[list[Hit], list[Hit]]:
-        """Hits at or above `min_score`, best first, and those below it (in `snapshot`, default the newest)."""
+        """Hits at or above `min_score`, best first, and those below it (in `snapshot`, default the newest).
+        `hybrid`: fuse BM25 with the dense ranking (None: setting retrieval.hybrid)."""
         snapshot = snapshot or self.snapshot()
+        hybrid = self._hybrid if hybrid is None else hybrid
         vector = self.embedder.embed([query])
         params, allowed = None, None
         if filters:

@@ -274,28 +274,21 @@ class _ServerCounter:
         self.generator = generator
         self.fallback: TiktokenCounter | None = None
 
-    def _count(self, body: dict) -> int | None:
-        response = self.generator.post_sync("/tokenize", body)
-        if response.status_code == 404 and "model" not in _error_message(response).lower():
+    def _count(self, body: dict, estimate) -> int:
+        if self.fallback is None:
+            response = self.generator.post_sync("/tokenize", {"model": self.generator.model_name, **body})
+            if response.status_code != 404 or "model" in _error_message(response).lower():
+                raise_for_backend(response, self.generator.model_name)
+                return int(response.json()["count"])
             log.warning("vLLM has no /tokenize; counting prompts with tiktoken, an estimate")
             self.fallback = TiktokenCounter()
-            return None
-        raise_for_backend(response, self.generator.model_name)
-        return int(response.json()["count"])
+        return estimate(self.fallback)
 
     def chat(self, messages: Messages) -> int:
-        if self.fallback is None:
-            body = {"model": self.generator.model_name, "messages": messages, "add_generation_prompt": True}
-            if (count := self._count(body)) is not None:
-                return count
-        return self.fallback.chat(messages)
+        return self._count({"messages": messages, "add_generation_prompt": True}, lambda f: f.chat(messages))
 
     def text(self, text: str) -> int:
-        if self.fallback is None:
-            body = {"model": self.generator.model_name, "prompt": text, "add_special_tokens": False}
-            if (count := self._count(body)) is not None:
-                return count
-        return self.fallback.text(text)
+        return self._count({"prompt": text, "add_special_tokens": False}, lambda f: f.text(text))
 
 
 class _HfCounter:
