@@ -74,3 +74,19 @@ def test_duplicate_chunks_are_dropped_with_a_reason(generator, retriever):
     duplicate = Hit(hits[0].chunk, hits[0].score - 0.01, 4)
     _, passages, ledger = packer.pack("Normans?", [], hits + [duplicate], [], 64)
     assert {"chunk_id": hits[0].chunk.id, "score": round(duplicate.score, 4), "reason": "duplicate", "of": hits[0].chunk.id} in ledger.dropped
+
+
+def test_the_fast_prompt_count_is_the_chat_templates_own_tokenization(generator, squad):
+    # The engine renders the template and encodes the text itself (faster than
+    # apply_chat_template(tokenize=True)); the ids must be the very same, or budgets drift.
+    contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]][:40]
+    for i in range(0, len(contexts), 4):
+        messages = [
+            {"role": "system", "content": "Answer from the passages; cite them as [1]."},
+            {"role": "user", "content": "\n\n".join(contexts[i : i + 4]) + "\n\nQuestion: when, in 1066?"},
+            {"role": "assistant", "content": "In 1066 [2]."},
+            {"role": "user", "content": contexts[i][:80]},
+        ]
+        reference = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert generator.tokens.prompt_ids(messages) == reference["input_ids"]
+        assert generator.count_chat_tokens(messages) == len(reference["input_ids"])

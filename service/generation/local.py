@@ -22,6 +22,7 @@ from typing import AsyncIterator
 from ragtune.errors import UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
+from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
 
@@ -100,32 +101,23 @@ class LocalGenerator:
         self.context_window = settings.context_window
         self._torch = torch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
-        self._text_counts = TextCountCache(self._count_texts)
+        self.tokens = ChatTokens(self.tokenizer)
+        self._text_counts = TextCountCache(self.tokens.texts)
 
     # -- token counting -----------------------------------------------------------------
-    def _prompt_ids(self, messages: Messages):
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        return encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-
     def count_chat_tokens(self, messages: Messages) -> int:
-        # Counting is on the request path (packing counts more than once): no tensors, no device copy.
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        return len(ids)
+        return self.tokens.chat(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
         return self._text_counts(texts) if texts else []
-
-    def _count_texts(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     # -- generation -----------------------------------------------------------------------
     def _run(self, messages: Messages, params: GenerationParams, on_text=None) -> Completion:
         """Blocking generation on the worker thread; `on_text` receives decoded pieces."""
         from transformers import TextStreamer
 
-        input_ids, attention_mask = self._prompt_ids(messages)
+        input_ids = self._torch.tensor([self.tokens.prompt_ids(messages)], device=self.device)
+        attention_mask = self._torch.ones_like(input_ids)
         kwargs = dict(max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)

@@ -26,6 +26,7 @@ import httpx
 from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
+from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
 
@@ -103,7 +104,7 @@ class VllmGenerator:
         if tokenizer == "tiktoken":
             return TiktokenCounter()
         if (Path(tokenizer) / "tokenizer_config.json").is_file():
-            return _HfCounter(tokenizer)
+            return _hf_counter(tokenizer)
         raise UsageError(
             f"generation.vllm.tokenizer {tokenizer!r} is neither 'server', 'tiktoken' nor a Hugging Face "
             "tokenizer directory (no tokenizer_config.json there)"
@@ -291,19 +292,11 @@ class _ServerCounter:
         return self._count({"prompt": text, "add_special_tokens": False}, lambda f: f.text(text))
 
 
-class _HfCounter:
+def _hf_counter(path: str) -> ChatTokens:
     """A local copy of the served model's tokenizer (with its chat template)."""
+    from transformers import AutoTokenizer
 
-    def __init__(self, path: str):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-
-    def chat(self, messages: Messages) -> int:
-        return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-
-    def text(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ChatTokens(AutoTokenizer.from_pretrained(path))
 
 
 class TiktokenCounter:
