@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from finetune.cli import adapters_app, finetune_app
 from indexer.cli import app as index_app
 from service.cli import ask, serve
 from ragtune.errors import RagtuneError
@@ -18,6 +19,8 @@ app = typer.Typer(
 app.add_typer(index_app, name="index")
 app.command()(serve)
 app.command()(ask)
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(adapters_app, name="adapters")
 
 
 def main() -> None:

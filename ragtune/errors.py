@@ -51,3 +51,11 @@ class BackendTimeout(RagtuneError):
 
 class BackendError(RagtuneError):
     """The generation backend answered with an error."""
+
+
+class Unauthorized(RagtuneError):
+    """A request without the right credentials."""
+
+
+class Forbidden(RagtuneError):
+    """A request for something switched off here."""

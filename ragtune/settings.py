@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -115,6 +115,11 @@ class PromptSettings(BaseModel):
         "Passages:\n\n{passages}\n\nQuestion: {question}",
         description="The user turn carrying the passages; fields: passages, question.",
     )
+    decline_answer: str = Field(
+        "I do not know: the passages do not say.",
+        description="What a model should answer when the passages do not hold the answer: the target "
+        "for unanswerable questions in fine-tuning data, and what `ragtune eval` counts as declining.",
+    )
 
 
 class VllmSettings(BaseModel):
@@ -168,12 +173,79 @@ class GenerationSettings(BaseModel):
     vllm: VllmSettings = Field(default_factory=VllmSettings)
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept
+LLAMA_LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class AdapterSettings(BaseModel):
+    """The adapter registry: what is published, and what vLLM will accept."""
+
+    dir: Path = Field(
+        Path("ragtune-adapters"),
+        description="Registry root: one folder per adapter (its versions) and registry.json. Give vLLM "
+        "the same path (a shared volume), since vLLM loads adapters from the paths the service sends.",
+    )
+    max_rank: int = Field(64, ge=1, description="Highest LoRA rank accepted; match vLLM's --max-lora-rank.")
+    sync_seconds: float = Field(
+        5.0, gt=0, description="How often the service reconciles its backend (every vLLM replica) to the registry."
+    )
+
+
+class FinetuneSettings(BaseModel):
+    """LoRA training. The defaults train SmolLM2-135M on a CPU in minutes."""
+
+    base_model: str | None = Field(
+        None,
+        description="Hugging Face model directory to train on. Default: the embedded model's safetensors "
+        "copy (the packaged GGUF converted once, as the service does).",
+    )
+    rank: int = Field(16, description=f"LoRA rank r; one of vLLM's {VLLM_LORA_RANKS}.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path during training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LLAMA_LORA_MODULES),
+        description="Linear layers that get adapters (names as in the model; these are Llama's, which vLLM supports).",
+    )
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (peak, after warmup).")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with a linear warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training examples (used when max_steps is unset).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    max_seq_length: int = Field(
+        2048, ge=32,
+        description="Longest training sequence (prompt + answer); longer examples are reported and skipped. "
+        "Retrieval-aware prompts are packed for min(this, generation.context_window).",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of examples held out for validation loss (none below 10 examples)."
+    )
+    seed: int = Field(0, description="Seeds the split, the order, dropout and initialisation.")
+    save_every: int = Field(20, ge=1, description="Optimizer steps between checkpoints (a re-run resumes from the last).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Training dtype: auto is bfloat16 on a GPU, float32 on CPU."
+    )
+
+    @field_validator("rank")
+    @classmethod
+    def _vllm_rank(cls, rank: int) -> int:
+        if rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"rank {rank} cannot be served by vLLM; use one of {VLLM_LORA_RANKS}")
+        return rank
+
+
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `ragtune serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `ragtune serve` binds.")
     max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a 400.")
     reload_check_seconds: float = Field(
         2.0, ge=0, description="How often the service looks for a new index version (0: every request)."
+    )
+    admin_api_key: SecretStr | None = Field(
+        None,
+        description="Bearer token for the /admin endpoints (adapter publishing). Unset: they answer 403.",
     )
 
 
@@ -193,6 +265,8 @@ class Settings(BaseSettings):
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    adapters: AdapterSettings = Field(default_factory=AdapterSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
 
 def get_settings(**overrides: object) -> Settings:

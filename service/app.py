@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, AsyncIterator
@@ -14,7 +15,9 @@ from pydantic import BaseModel
 
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings
-from service import errors
+from finetune.registry import Registry
+from service import admin, errors
+from service.adapters import AdapterSync
 from service.generation import create_generator
 from service.generation.base import Generator
 from service.metrics import Metrics, MetricsMiddleware
@@ -47,15 +50,26 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             generator = await asyncio.to_thread(create_generator, settings.generation)
         app.state.pipeline = build_pipeline(settings, embedder, generator, metrics)
         await generator.ready()  # a remote backend reports its context length; a down one is retried per request
+        registry = Registry(settings.adapters, settings.generation.model)
+        sync = app.state.adapter_sync = AdapterSync(
+            registry, generator, settings.adapters.sync_seconds, poll_backend=settings.generation.backend == "vllm"
+        )
+        try:
+            await sync.sync()
+        except RagtuneError as exc:  # a broken registry must not keep the base model from serving
+            logging.getLogger("ragtune.adapters").error("adapter registry unusable: %s", exc)
+        reconciler = asyncio.create_task(sync.run())
         try:
             yield
         finally:
+            reconciler.cancel()
             await generator.close()
 
     metrics = Metrics()
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     errors.install(app)
+    app.include_router(admin.router(settings.service))
 
     @app.exception_handler(RagtuneError)
     async def _domain(request: Request, exc: RagtuneError) -> JSONResponse:

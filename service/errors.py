@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from finetune.registry import AdapterNotFound
 from ragtune import errors
 from service.protocol import error_body
 
@@ -17,6 +18,9 @@ log = logging.getLogger("ragtune.service")
 # exception type -> (status, OpenAI error type, code, param)
 _MAPPING: list[tuple[type[Exception], int, str, str | None, str | None]] = [
     (errors.UnknownModel, 404, "invalid_request_error", "model_not_found", "model"),
+    (AdapterNotFound, 404, "invalid_request_error", "adapter_not_found", None),
+    (errors.Unauthorized, 401, "invalid_request_error", "invalid_api_key", None),
+    (errors.Forbidden, 403, "invalid_request_error", "forbidden", None),
     (errors.IndexNotFound, 404, "invalid_request_error", "index_not_found", None),
     (errors.IndexIncompatible, 409, "invalid_request_error", "index_incompatible", None),
     (errors.UsageError, 400, "invalid_request_error", None, None),

@@ -147,7 +147,11 @@ def chat_chunk(cid: str, model: str, created: int, delta: dict, finish: str | No
 
 
 def model_list(names: list[str], owned_by: str = "ragtune") -> dict:
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": owned_by} for n in names]}
+    """The base model first, then its adapters (marked with `parent`, as vLLM marks LoRA models)."""
+    cards = [{"id": n, "object": "model", "created": 0, "owned_by": owned_by} for n in names]
+    for card in cards[1:]:
+        card["parent"] = names[0]
+    return {"object": "list", "data": cards}
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:

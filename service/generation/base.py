@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
 
@@ -39,6 +40,19 @@ class StreamEvent:
 Messages = list[dict[str, str]]
 
 
+@dataclass
+class AdapterSyncReport:
+    """What one reconcile of a backend to the registry did. Keys name the adapter, prefixed
+    with the replica for backends that have several."""
+
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"loaded": self.loaded, "unloaded": self.unloaded, "failed": self.failed}
+
+
 class Generator(Protocol):
     model_name: str
     context_window: int
@@ -55,7 +69,11 @@ class Generator(Protocol):
 
     async def ready(self) -> bool: ...
 
-    def models(self) -> list[str]: ...
+    def models(self) -> list[str]:
+        """The base model's name, then every adapter a request may name."""
+
+    async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        """Serve exactly these adapters (name -> directory): load new or changed ones, unload the rest."""
 
     async def close(self) -> None: ...
 

@@ -15,13 +15,17 @@ import logging
 import os
 import shutil
 import threading
+import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator
 
-from ragtune.errors import UsageError
+from ragtune.errors import UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
-from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
+from service.generation.base import (
+    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent, TextCountCache,
+)
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -102,6 +106,8 @@ class LocalGenerator:
         self._torch = torch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self.tokens = ChatTokens(self.tokenizer)
+        self._peft = None  # the PeftModel around self.model once an adapter is loaded
+        self._adapters: dict[str, Path] = {}
         self._text_counts = TextCountCache(self.tokens.texts)
 
     # -- token counting -----------------------------------------------------------------
@@ -131,8 +137,8 @@ class LocalGenerator:
             streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             streamer.on_finalized_text = lambda text, stream_end=False: on_text(text)
             kwargs["streamer"] = streamer
-        with self._torch.inference_mode():
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with self._torch.inference_mode(), self._selected(params.model) as model:
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_ids = output[0, input_ids.shape[1] :]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         ended_by_eos = len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id
@@ -181,7 +187,68 @@ class LocalGenerator:
         return True
 
     def models(self) -> list[str]:
-        return [self.model_name]
+        return [self.model_name, *self._adapters]
+
+    # -- adapters ---------------------------------------------------------------------------
+    # Adapters load and unload on the generation worker thread, so never during a model
+    # call: a request finishes with the weights it started with, and the next one sees
+    # the change. Each request picks its adapter (or none) right before generating.
+    @contextmanager
+    def _selected(self, adapter: str | None):
+        if self._peft is None:
+            if adapter is not None:
+                raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
+            yield self.model
+        elif adapter is None:
+            with self._peft.disable_adapter():
+                yield self._peft
+        elif adapter in self._adapters:
+            self._peft.set_adapter(adapter)
+            yield self._peft
+        else:
+            raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
+
+    async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._sync_adapters, dict(desired))
+
+    def _sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        report = AdapterSyncReport()
+        for name in [n for n in self._adapters if n not in desired]:
+            self._unload(name)
+            report.unloaded.append(name)
+        for name, path in desired.items():
+            if self._adapters.get(name) == Path(path):
+                continue
+            try:
+                self._load(name, Path(path))
+                report.loaded.append(name)
+            except Exception as exc:  # one bad adapter must not stop the others
+                log.error("adapter %s (%s) failed to load: %s", name, path, exc)
+                report.failed[name] = str(exc)
+        return report
+
+    def _load(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if name in self._adapters:  # a new version under the same name replaces the old one
+            self._unload(name)
+        started = time.perf_counter()
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+        else:
+            self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        self._peft.eval()
+        self._adapters[name] = path
+        log.info("adapter %s loaded from %s in %.2f s", name, path, time.perf_counter() - started)
+
+    def _unload(self, name: str) -> None:
+        del self._adapters[name]
+        if self._adapters:
+            self._peft.delete_adapter(name)
+        else:  # the last one: take the LoRA layers out, back to the plain model
+            self.model = self._peft.unload()
+            self._peft = None
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

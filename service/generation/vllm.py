@@ -25,7 +25,9 @@ import httpx
 
 from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
-from service.generation.base import Completion, GenerationParams, Messages, StreamEvent, TextCountCache
+from service.generation.base import (
+    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent, TextCountCache,
+)
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -95,6 +97,7 @@ class VllmGenerator:
         self._sync = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._read_timeout = config.read_timeout
         self._counter = self._choose_counter(config.tokenizer)
+        self._adapters: list[str] = []  # published adapters that at least one replica serves
         self._text_counts = TextCountCache(lambda texts: [self._counter.text(t) for t in texts])
 
     # -- token counting -----------------------------------------------------------------
@@ -240,7 +243,50 @@ class VllmGenerator:
         return True
 
     def models(self) -> list[str]:
-        return [self.model_name]
+        return [self.model_name, *self._adapters]
+
+    # -- adapters (vLLM's runtime LoRA API; needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) ---------
+    async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        """Every replica is made to serve exactly `desired`. A replica's /v1/models lists the
+        adapters it holds, each with `root` = the path it was loaded from, so one that restarted
+        (and lost them) or holds an older version is found and corrected."""
+        report = AdapterSyncReport()
+        served = {name: 0 for name in desired}
+        for root in self.replicas.roots:
+            try:
+                response = await self._client.get(f"{root}/v1/models")
+                raise_for_backend(response, self.model_name)
+                cards = response.json().get("data", [])
+            except (httpx.HTTPError, BackendError, BackendUnavailable, UnknownModel, UsageError, ValueError) as exc:
+                report.failed[root] = f"cannot list its models: {exc}"
+                continue
+            held = {c["id"]: c.get("root") for c in cards if c.get("parent") and c.get("id") != self.model_name}
+            for name in [n for n in held if n not in desired]:
+                await self._lora(root, "unload", {"lora_name": name}, report, name)
+            for name, path in desired.items():
+                if held.get(name) == str(path):
+                    served[name] += 1
+                    continue
+                body = {"lora_name": name, "lora_path": str(path)}
+                if name in held:
+                    body["load_inplace"] = True  # a new version under the same name
+                if await self._lora(root, "load", body, report, name):
+                    served[name] += 1
+        self._adapters = [name for name, count in served.items() if count]
+        return report
+
+    async def _lora(self, root: str, action: str, body: dict, report: AdapterSyncReport, name: str) -> bool:
+        try:
+            response = await self._client.post(f"{root}/v1/{action}_lora_adapter", json=body)
+        except httpx.HTTPError as exc:
+            report.failed[f"{root} {name}"] = f"{action} failed: {exc}"
+            return False
+        if response.status_code != 200:
+            report.failed[f"{root} {name}"] = f"{action} answered {response.status_code}: {_error_message(response)}"
+            log.error("vLLM %s: %s of adapter %s answered %d: %s", root, action, name, response.status_code, _error_message(response))
+            return False
+        (report.loaded if action == "load" else report.unloaded).append(f"{root} {name}")
+        return True
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,241 @@
+"""The adapter registry: a directory of adapters and the record of which are published.
+
+    <root>/registry.json          {"format": 1, "adapters": {name: {"version", "published", "updated"}}}
+    <root>/<name>/<version>/      adapter_config.json, adapter_model.safetensors, ragtune_adapter.json
+    <root>/.runs/<name>/          training runs (checkpoints), see finetune/train.py
+
+It is the source of truth of what is served: every service reconciles its backend (the
+embedded engine, or every vLLM replica) to the published set. `ragtune adapters`, the
+service's admin endpoints and `ragtune finetune train --publish` all change it through
+this module, under a file lock, with atomic writes. No heavy imports: the service reads it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragtune.errors import RagtuneError, UsageError
+from ragtune.settings import VLLM_LORA_RANKS, AdapterSettings
+
+FORMAT = 1
+STATE_FILE = "registry.json"
+METADATA_FILE = "ragtune_adapter.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEEP_VERSIONS = 2  # the previous one stays while replicas switch to the new one
+
+
+class AdapterInvalid(UsageError):
+    """A directory that is not a LoRA adapter this deployment can serve."""
+
+
+class AdapterNotFound(RagtuneError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    version: str
+    path: Path
+    published: bool
+    updated: str
+    rank: int | None = None
+    base_model: str | None = None
+    metadata: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "version": self.version, "path": str(self.path), "published": self.published,
+            "updated": self.updated, "rank": self.rank, "base_model": self.base_model,
+        }
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name or "") or ".." in name:
+        raise AdapterInvalid(
+            f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def validate_adapter(path: Path, base_model: str, max_rank: int) -> dict:
+    """The adapter's config, if vLLM (and the embedded engine) can load it; else AdapterInvalid naming the problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterInvalid(f"{path} is not a directory")
+    missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+    if missing:
+        raise AdapterInvalid(f"{path} is not a LoRA adapter: {', '.join(missing)} missing")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterInvalid(f"{path}/adapter_config.json is not readable JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdapterInvalid(f"{path}/adapter_config.json is not a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise AdapterInvalid(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters can be served")
+    rank = config.get("r")
+    if rank not in VLLM_LORA_RANKS:
+        raise AdapterInvalid(f"{path}: rank {rank!r} is not one vLLM accepts ({VLLM_LORA_RANKS})")
+    if rank > max_rank:
+        raise AdapterInvalid(f"{path}: rank {rank} is above adapters.max_rank {max_rank} (vLLM's --max-lora-rank)")
+    if config.get("bias", "none") != "none":
+        raise AdapterInvalid(f"{path}: bias is {config.get('bias')!r}; vLLM serves only bias 'none'")
+    if config.get("modules_to_save"):
+        raise AdapterInvalid(f"{path}: modules_to_save {config['modules_to_save']} cannot be served by vLLM; retrain without")
+    if config.get("use_dora"):
+        raise AdapterInvalid(f"{path}: DoRA adapters cannot be served by vLLM")
+    if (path / "added_tokens.json").exists() or config.get("trainable_token_indices"):
+        raise AdapterInvalid(f"{path}: the adapter adds or trains tokens; vLLM serves adapters without added tokens")
+    if config.get("base_model_name_or_path") != base_model:
+        raise AdapterInvalid(
+            f"{path}: trained for base model {config.get('base_model_name_or_path')!r}, but the served model is "
+            f"{base_model!r}"
+        )
+    return config
+
+
+class Registry:
+    def __init__(self, settings: AdapterSettings, base_model: str):
+        self.root = Path(settings.dir)
+        self.settings = settings
+        self.base_model = base_model
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    def _read(self) -> dict:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {"format": FORMAT, "adapters": {}}
+        except ValueError as exc:
+            raise AdapterInvalid(f"{self.state_path} is corrupt ({exc}); restore it or remove it and re-add adapters") from None
+        if state.get("format") != FORMAT:
+            raise AdapterInvalid(f"{self.state_path} has format {state.get('format')}; this ragtune reads {FORMAT}")
+        return state
+
+    def _write(self, state: dict) -> None:
+        tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    @contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self._read()
+                yield state
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def version_path(self, name: str, version: str) -> Path:
+        path = (self.root / check_name(name) / version).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise AdapterInvalid(f"adapter path {path} escapes the registry root {self.root}")
+        return path
+
+    def stamp(self) -> float:
+        """Changes whenever the registry does (cheap to poll)."""
+        try:
+            return self.state_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    # -- queries ----------------------------------------------------------------------
+    def _info(self, name: str, entry: dict, details: bool = False) -> AdapterInfo:
+        path = self.version_path(name, entry["version"])
+        config, metadata = {}, None
+        if details:
+            try:
+                config = json.loads((path / "adapter_config.json").read_text())
+                metadata = json.loads((path / METADATA_FILE).read_text()) if (path / METADATA_FILE).exists() else None
+            except (OSError, ValueError):
+                pass
+        return AdapterInfo(
+            name, entry["version"], path, entry["published"], entry["updated"],
+            config.get("r"), config.get("base_model_name_or_path"), metadata,
+        )
+
+    def list(self, details: bool = False) -> list[AdapterInfo]:
+        state = self._read()
+        return [self._info(n, e, details) for n, e in sorted(state["adapters"].items())]
+
+    def get(self, name: str, details: bool = True) -> AdapterInfo:
+        entry = self._read()["adapters"].get(check_name(name))
+        if entry is None:
+            raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
+        return self._info(name, entry, details)
+
+    def published(self) -> dict[str, Path]:
+        """name -> directory of the published version: what every backend should serve."""
+        state = self._read()
+        return {n: self.version_path(n, e["version"]) for n, e in sorted(state["adapters"].items()) if e["published"]}
+
+    # -- changes ----------------------------------------------------------------------
+    def add(self, name: str, source: Path, publish: bool | None = None) -> AdapterInfo:
+        """Copy a validated adapter in as the newest version of `name`. `publish=None` keeps the
+        published state, so retraining a published adapter updates what is served."""
+        check_name(name)
+        validate_adapter(source, self.base_model, self.settings.max_rank)
+        version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        target = self.version_path(name, version)
+        staging = target.with_name(f".{version}.tmp")
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("README.md", "checkpoint*"))
+        staging.rename(target)  # a version directory is whole or absent
+        with self._locked() as state:
+            previous = state["adapters"].get(name, {})
+            state["adapters"][name] = {
+                "version": version,
+                "published": previous.get("published", False) if publish is None else publish,
+                "updated": _now(),
+            }
+            self._write(state)
+        self._prune(name, keep={version, previous.get("version")})
+        return self.get(name)
+
+    def set_published(self, name: str, published: bool) -> AdapterInfo:
+        with self._locked() as state:
+            entry = state["adapters"].get(check_name(name))
+            if entry is None:
+                raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
+            if published:  # refuse to publish what cannot be served (the files may have changed since)
+                validate_adapter(self.version_path(name, entry["version"]), self.base_model, self.settings.max_rank)
+            entry.update(published=published, updated=_now())
+            self._write(state)
+        return self.get(name)
+
+    def delete(self, name: str) -> None:
+        with self._locked() as state:
+            if state["adapters"].pop(check_name(name), None) is None:
+                raise AdapterNotFound(f"no adapter named {name!r} in {self.root}")
+            self._write(state)  # unpublished first: services stop serving it before the files go
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def _prune(self, name: str, keep: set) -> None:
+        versions = sorted((p for p in (self.root / name).iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+        for old in versions[:-KEEP_VERSIONS]:
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

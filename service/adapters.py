@@ -1,0 +1,48 @@
+"""Keeps the generation backend serving what the adapter registry says is published.
+
+One reconcile at start, then one whenever the registry changes, and, for vLLM, every
+`adapters.sync_seconds` anyway: a replica that restarted has lost its adapters, and only
+asking it finds that out. Admin changes reconcile at once, so their answer is the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from finetune.registry import Registry
+from service.generation.base import AdapterSyncReport, Generator
+
+log = logging.getLogger("ragtune.adapters")
+
+
+class AdapterSync:
+    def __init__(self, registry: Registry, generator: Generator, interval: float, poll_backend: bool):
+        self.registry = registry
+        self.generator = generator
+        self.interval = interval
+        self.poll_backend = poll_backend  # remote replicas can lose adapters behind our back
+        self.last: AdapterSyncReport | None = None
+        self._stamp: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def sync(self) -> AdapterSyncReport:
+        async with self._lock:
+            self._stamp = self.registry.stamp()
+            desired = await asyncio.to_thread(self.registry.published)
+            report = await self.generator.sync_adapters(desired)
+            if report.loaded or report.unloaded or report.failed:
+                log.warning("adapters reconciled: %s", report.as_dict())
+            self.last = report
+            return report
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if self.poll_backend or self.registry.stamp() != self._stamp:
+                    await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep reconciling; the next round may succeed
+                log.exception("adapter reconcile failed")

@@ -1,0 +1,70 @@
+"""Admin endpoints: publish, withdraw and delete adapters (the registry), bearer-authenticated.
+
+They do what `ragtune adapters load|unload|delete` does, then reconcile the backend at once,
+so the answer says whether every replica now serves the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from ragtune.errors import Forbidden, Unauthorized
+from ragtune.settings import ServiceSettings
+from service.adapters import AdapterSync
+
+
+def _sync(request: Request) -> AdapterSync:
+    return request.app.state.adapter_sync
+
+
+# Module level: FastAPI resolves (string) annotations against the module's globals.
+Sync = Annotated[AdapterSync, Depends(_sync)]
+
+
+def router(settings: ServiceSettings) -> APIRouter:
+    async def authorized(request: Request) -> None:
+        if settings.admin_api_key is None:
+            raise Forbidden("admin endpoints are disabled: set RAGTUNE_SERVICE__ADMIN_API_KEY to enable them")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_api_key.get_secret_value().encode()):
+            raise Unauthorized("missing or wrong admin key: send Authorization: Bearer <service.admin_api_key>")
+
+    api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
+
+    async def changed(sync: AdapterSync, name: str | None = None) -> dict:
+        report = await sync.sync()
+        body = {"sync": report.as_dict(), "models": sync.generator.models()}
+        if name is not None:
+            body["adapter"] = (await asyncio.to_thread(sync.registry.get, name)).as_dict()
+        return body
+
+    @api.get("/adapters")
+    async def list_adapters(sync: Sync) -> dict:
+        adapters = await asyncio.to_thread(sync.registry.list, True)
+        last = sync.last.as_dict() if sync.last else None
+        return {"adapters": [a.as_dict() for a in adapters], "served": sync.generator.models()[1:], "last_sync": last}
+
+    @api.post("/adapters/{name}/load")
+    async def load(name: str, sync: Sync) -> dict:
+        await asyncio.to_thread(sync.registry.set_published, name, True)
+        return await changed(sync, name)
+
+    @api.post("/adapters/{name}/unload")
+    async def unload(name: str, sync: Sync) -> dict:
+        await asyncio.to_thread(sync.registry.set_published, name, False)
+        return await changed(sync, name)
+
+    @api.delete("/adapters/{name}")
+    async def delete(name: str, sync: Sync) -> dict:
+        await asyncio.to_thread(sync.registry.delete, name)
+        return await changed(sync)
+
+    @api.post("/adapters/sync")
+    async def resync(sync: Sync) -> dict:
+        return await changed(sync)
+
+    return api
