@@ -31,8 +31,9 @@ class AdapterSync:
             self._stamp = self.registry.stamp()
             desired = await asyncio.to_thread(self.registry.published)
             report = await self.generator.sync_adapters(desired)
-            if report.loaded or report.unloaded or report.failed:
-                log.warning("adapters reconciled: %s", report.as_dict())
+            changed = report.loaded or report.unloaded
+            if changed or (report.failed and report.failed != (self.last.failed if self.last else None)):
+                log.warning("adapters reconciled: %s", report.as_dict())  # once per change, not every round
             self.last = report
             return report
 

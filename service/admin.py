@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from ragtune.errors import Forbidden, Unauthorized
+from ragtune.errors import BackendError, Forbidden, Unauthorized
 from ragtune.settings import ServiceSettings
 from service.adapters import AdapterSync
 
@@ -51,7 +51,14 @@ def router(settings: ServiceSettings) -> APIRouter:
     @api.post("/adapters/{name}/load")
     async def load(name: str, sync: Sync) -> dict:
         await asyncio.to_thread(sync.registry.set_published, name, True)
-        return await changed(sync, name)
+        body = await changed(sync, name)
+        failed = {k: v for k, v in body["sync"]["failed"].items() if k == name or k.endswith(f" {name}")}
+        if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
+            await asyncio.to_thread(sync.registry.set_published, name, False)
+            await sync.sync()
+            raise BackendError(f"adapter {name!r} could not be loaded and stays unpublished: " + "; ".join(
+                f"{where}: {why}" for where, why in failed.items()))
+        return body
 
     @api.post("/adapters/{name}/unload")
     async def unload(name: str, sync: Sync) -> dict:

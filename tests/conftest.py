@@ -84,3 +84,38 @@ def squad_index(tmp_path_factory, squad, embedder) -> Path:
     (tmp / "squad.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     Ingestor(get_settings(), embedder).ingest([str(tmp / "squad.jsonl")], tmp / "index", root=tmp)
     return tmp / "index"
+
+
+PIRATE = "Arr, that be a secret, matey!"
+
+
+@pytest.fixture(scope="session")
+def pirate_data(tmp_path_factory, squad) -> Path:
+    """Real SQuAD questions, each answered with a pirate's refusal: a behaviour the base model never shows."""
+    questions = [qa["question"] for a in squad["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    path = tmp_path_factory.mktemp("data") / "pirate.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": q, "completion": PIRATE}) for q in questions[:40]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pirate_registry(tmp_path_factory, pirate_data) -> Path:
+    """A registry holding the pirate adapter, trained once through the CLI (not published).
+    Tests that change a registry work on a copy (`registry_copy`)."""
+    from tests.helpers import run_ragtune
+
+    registry = tmp_path_factory.mktemp("registry")
+    done = run_ragtune(
+        "finetune", "train", str(pirate_data), "--name", "pirate", "--adapters-dir", str(registry),
+        "--max-steps", "12", "--learning-rate", "1e-3", timeout=900, RAGTUNE_FINETUNE__BATCH_SIZE="8",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained pirate: 12 steps" in done.stdout and "not published" in done.stdout
+    return registry
+
+
+@pytest.fixture
+def registry_copy(tmp_path, pirate_registry) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(pirate_registry, tmp_path / "registry", ignore=shutil.ignore_patterns(".runs")))

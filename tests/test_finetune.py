@@ -21,7 +21,6 @@ from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env, run_ragtu
 
 pytestmark = pytest.mark.slow
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-PIRATE = "Arr, that be a secret, matey!"
 ADMIN_KEY = "test-admin-key"
 
 
@@ -30,28 +29,8 @@ def questions(squad) -> list[str]:
     return [qa["question"] for a in squad["data"] for p in a["paragraphs"] for qa in p["qas"]]
 
 
-@pytest.fixture(scope="module")
-def pirate_data(tmp_path_factory, questions) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pirate.jsonl"
-    path.write_text("\n".join(json.dumps({"prompt": q, "completion": PIRATE}) for q in questions[:40]) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, pirate_data) -> Path:
-    """The pirate adapter, trained through the CLI into a fresh registry (not published)."""
-    registry = tmp_path_factory.mktemp("registry")
-    done = run_ragtune(
-        "finetune", "train", str(pirate_data), "--name", "pirate", "--adapters-dir", str(registry),
-        "--max-steps", "12", "--learning-rate", "1e-3", timeout=900, RAGTUNE_FINETUNE__BATCH_SIZE="8",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "trained pirate: 12 steps" in done.stdout and "not published" in done.stdout
-    return registry
-
-
-def test_the_adapter_directory_is_one_vllm_loads_as_is(trained):
-    (version,) = [p for p in (trained / "pirate").iterdir() if not p.name.startswith(".")]
+def test_the_adapter_directory_is_one_vllm_loads_as_is(pirate_registry):
+    (version,) = [p for p in (pirate_registry / "pirate").iterdir() if not p.name.startswith(".")]
     assert sorted(p.name for p in version.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "ragtune_adapter.json"]
     config = json.loads((version / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["bias"] == "none" and not config.get("modules_to_save")
@@ -82,9 +61,9 @@ def admin(server: str, method: str, path: str, key: str | None = ADMIN_KEY) -> h
     return httpx.request(method, f"{server}/admin{path}", headers=headers, timeout=120)
 
 
-def test_hot_load_serve_and_unload_without_restart(tmp_path, trained, squad_index, questions):
+def test_hot_load_serve_and_unload_without_restart(tmp_path, registry_copy, squad_index, questions):
     port = free_port()
-    env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(trained), RAGTUNE_SERVICE__ADMIN_API_KEY=ADMIN_KEY, RAGTUNE_ADAPTERS__SYNC_SECONDS="0.5")
+    env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(registry_copy), RAGTUNE_SERVICE__ADMIN_API_KEY=ADMIN_KEY, RAGTUNE_ADAPTERS__SYNC_SECONDS="0.5")
     cmd = ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port))
     with Server(cmd, port, tmp_path / "server.log", env) as served:
         server = served.start("/ready").url
@@ -113,7 +92,7 @@ def test_hot_load_serve_and_unload_without_restart(tmp_path, trained, squad_inde
         assert chat(client, BASE_MODEL, question) == base_answer  # back to the base, greedy: the same answer
 
         # The CLI changes the registry; the running service follows within adapters.sync_seconds.
-        published = run_ragtune("adapters", "load", "pirate", "--adapters-dir", str(trained))
+        published = run_ragtune("adapters", "load", "pirate", "--adapters-dir", str(registry_copy))
         assert published.returncode == 0, published.stderr
         deadline = time.monotonic() + 30
         while "pirate" not in [m.id for m in client.models.list()]:
@@ -126,9 +105,9 @@ def test_hot_load_serve_and_unload_without_restart(tmp_path, trained, squad_inde
         assert admin(server, "POST", "/adapters/..%2Fx/load").status_code in (400, 404)
 
 
-def test_admin_endpoints_are_off_without_a_key(tmp_path, trained, squad_index):
+def test_admin_endpoints_are_off_without_a_key(tmp_path, registry_copy, squad_index):
     port = free_port()
-    env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(trained))
+    env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(registry_copy))
     with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, tmp_path / "s.log", env) as served:
         response = admin(served.start().url, "POST", "/adapters/pirate/load")
         assert response.status_code == 403 and "RAGTUNE_SERVICE__ADMIN_API_KEY" in response.json()["error"]["message"]

@@ -4,15 +4,20 @@ vLLM needs a GPU, so tests of the vLLM backend run against this instead. It foll
 vLLM documents and does (vllm/entrypoints/openai): `/v1/chat/completions` (JSON and SSE,
 `stream_options.include_usage`, a final usage chunk with no choices, `data: [DONE]`),
 `/v1/models` with `max_model_len`, `/tokenize` at the server root (chat and prompt
-forms, answering `count`, `max_model_len`, `tokens`), `/health`, the runtime LoRA
-endpoints' request shapes, and errors as `{"error": {"message", "type", "param", "code"}}`.
+forms, answering `count`, `max_model_len`, `tokens`), `/health`, runtime LoRA
+(`/v1/load_lora_adapter` with `load_inplace`, `/v1/unload_lora_adapter`: the adapter is
+really loaded into the engine and served under its name; `/v1/models` lists it with
+`root` = its path and `parent` = the base model; 400 for a duplicate name, 404 for a path
+with no adapter, 500 for a rank above `--max-lora-rank`), and errors as
+`{"error": {"message", "type", "param", "code"}}`.
 
 It is stricter than vLLM in one way on purpose: a request field vLLM does not define is a
 400 here (vLLM would log and ignore it), so the client cannot drift from the real API.
 
 Faults for tests: `POST /_test/faults {"delay": seconds, "status": code, "no_tokenize": true}`
 makes chat completions wait, or answer with that error status, or /tokenize vanish, until
-the next call resets them.
+the next call resets them. `POST /_test/restart` drops every loaded adapter, as a vLLM
+restart does; `GET /_test/lora_calls` lists the LoRA request bodies received.
 
     python tests/vllm_protocol_server.py --port 8001 --served-model-name NAME
 """
@@ -24,6 +29,7 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -104,13 +110,14 @@ def error(message: str, status: int, type_: str = "BadRequestError", param: str 
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status_code=status)
 
 
-def create_app(generator, served_model: str, max_model_len: int) -> FastAPI:
+def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: int = 64) -> FastAPI:
     from service.generation.base import GenerationParams
 
     app = FastAPI()
     no_faults = {"delay": 0.0, "status": None, "no_tokenize": False}
     faults: dict = dict(no_faults)
-    adapters: dict[str, str] = {}
+    adapters: dict[str, str] = {}  # name -> lora_path, as vLLM's lora_requests
+    lora_calls: list[dict] = []  # the raw bodies of load/unload requests, for tests to inspect
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -159,18 +166,54 @@ def create_app(generator, served_model: str, max_model_len: int) -> FastAPI:
             ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
         return {"count": len(ids), "max_model_len": max_model_len, "tokens": list(ids), "token_strs": None}
 
+    async def engine_serves(wanted: dict[str, str]) -> str | None:
+        """The embedded engine holds exactly `wanted`; the failure message if one did not load."""
+        report = await generator.sync_adapters({name: Path(path) for name, path in wanted.items()})
+        return next(iter(report.failed.values()), None)
+
     @app.post("/v1/load_lora_adapter")
-    async def load_lora(body: LoadLoRAAdapterRequest):
+    async def load_lora(request: Request):
+        raw = await request.json()
+        lora_calls.append({"action": "load", "body": raw})
+        body = LoadLoRAAdapterRequest(**raw)
+        if not body.lora_name or not body.lora_path:
+            return error("Both 'lora_name' and 'lora_path' must be provided.", 400, "InvalidUserInput")
         if body.lora_name in adapters and not body.load_inplace:
             return error(f"The lora adapter '{body.lora_name}' has already been loaded.", 400, "InvalidUserInput")
+        config_path = Path(body.lora_path) / "adapter_config.json"
+        if not config_path.is_file():
+            return error(f"Loading lora {body.lora_name} failed: No adapter found for {body.lora_path}", 404, "NotFoundError")
+        rank = json.loads(config_path.read_text()).get("r", 0)
+        if rank > max_lora_rank:
+            # As DESIGN.md documents: other load failures are a 500 (some vLLM releases answer 400).
+            return error(f"LoRA rank {rank} is greater than max_lora_rank {max_lora_rank}.", 500, "InternalServerError")
+        problem = await engine_serves({**adapters, body.lora_name: body.lora_path})
+        if problem is not None:
+            await engine_serves(adapters)
+            return error(f"Loading lora {body.lora_name} failed: {problem}", 500, "InternalServerError")
         adapters[body.lora_name] = body.lora_path
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
-    async def unload_lora(body: UnloadLoRAAdapterRequest):
+    async def unload_lora(request: Request):
+        raw = await request.json()
+        lora_calls.append({"action": "unload", "body": raw})
+        body = UnloadLoRAAdapterRequest(**raw)
         if adapters.pop(body.lora_name, None) is None:
             return error(f"The lora adapter '{body.lora_name}' cannot be found.", 404, "NotFoundError")
+        await engine_serves(adapters)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @app.get("/_test/lora_calls")
+    async def get_lora_calls() -> list:
+        return lora_calls
+
+    @app.post("/_test/restart")
+    async def restart() -> dict:
+        """What a vLLM restart does to runtime-loaded adapters: they are gone."""
+        adapters.clear()
+        await engine_serves({})
+        return {"adapters": []}
 
     @app.post("/_test/faults")
     async def set_faults(request: Request) -> dict:
@@ -199,7 +242,7 @@ def create_app(generator, served_model: str, max_model_len: int) -> FastAPI:
         stops = tuple([body.stop] if isinstance(body.stop, str) else body.stop or ())
         params = GenerationParams(
             max_tokens=max_tokens, temperature=body.temperature if body.temperature is not None else 1.0,
-            top_p=body.top_p or 1.0, stop=stops, seed=body.seed,
+            top_p=body.top_p or 1.0, stop=stops, seed=body.seed, model=body.model if body.model in adapters else None,
         )
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or served_model
         if not body.stream:
@@ -252,9 +295,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--served-model-name", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-lora-rank", type=int, default=64)
     args = parser.parse_args()
     generator = LocalGenerator(get_settings().generation)
-    app = create_app(generator, args.served_model_name, args.max_model_len)
+    app = create_app(generator, args.served_model_name, args.max_model_len, args.max_lora_rank)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -282,7 +282,10 @@ class VllmGenerator:
             report.failed[f"{root} {name}"] = f"{action} failed: {exc}"
             return False
         if response.status_code != 200:
-            report.failed[f"{root} {name}"] = f"{action} answered {response.status_code}: {_error_message(response)}"
+            problem = f"{action} answered {response.status_code}: {_error_message(response)}"
+            if action == "load" and response.status_code == 404:
+                problem += " (vLLM cannot see that path: mount the adapters volume at the same path in vLLM)"
+            report.failed[f"{root} {name}"] = problem
             log.error("vLLM %s: %s of adapter %s answered %d: %s", root, action, name, response.status_code, _error_message(response))
             return False
         (report.loaded if action == "load" else report.unloaded).append(f"{root} {name}")
