@@ -104,6 +104,16 @@ def test_hot_load_serve_and_unload_without_restart(tmp_path, registry_copy, squa
         assert admin(server, "POST", "/adapters/nope/load").status_code == 404
         assert admin(server, "POST", "/adapters/..%2Fx/load").status_code in (400, 404)
 
+        shown = run_ragtune("adapters", "show", "pirate", "--adapters-dir", str(registry_copy))
+        assert shown.returncode == 0 and json.loads(shown.stdout)["metadata"]["metrics"]["steps"] == 12
+        deleted = run_ragtune("adapters", "delete", "pirate", "--adapters-dir", str(registry_copy))
+        assert deleted.returncode == 0 and not (registry_copy / "pirate").exists()
+        wait = time.monotonic() + 30
+        while "pirate" in [m.id for m in client.models.list()]:
+            assert time.monotonic() < wait, "the service kept serving a deleted adapter"
+            time.sleep(0.3)
+        assert chat(client, BASE_MODEL, question) == base_answer
+
 
 def test_admin_endpoints_are_off_without_a_key(tmp_path, registry_copy, squad_index):
     port = free_port()
