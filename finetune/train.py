@@ -52,12 +52,14 @@ class TrainReport:
     loss_curve: list[float] = field(default_factory=list)
 
 
-def _base_model_dir(settings: Settings) -> Path:
+def _base_model_dir(settings: Settings) -> Path | str:
     if settings.finetune.base_model:
         path = Path(settings.finetune.base_model)
-        if not (path / "config.json").is_file():
-            raise UsageError(f"finetune.base_model {path} is not a Hugging Face model directory (no config.json)")
-        return path
+        if (path / "config.json").is_file():
+            return path
+        if not path.exists() and settings.finetune.base_model.count("/") == 1:
+            return settings.finetune.base_model  # a hub id: transformers fetches it (where a hub is reachable)
+        raise UsageError(f"finetune.base_model {path} is not a Hugging Face model directory (no config.json)")
     from service.generation.local import converted_model_dir
 
     return converted_model_dir(settings.generation)  # the GGUF cannot be trained as loaded; its safetensors copy can

@@ -196,8 +196,8 @@ class FinetuneSettings(BaseModel):
 
     base_model: str | None = Field(
         None,
-        description="Hugging Face model directory to train on. Default: the embedded model's safetensors "
-        "copy (the packaged GGUF converted once, as the service does).",
+        description="Hugging Face model directory (or hub id, where a hub is reachable) to train on. Default: "
+        "the embedded model's safetensors copy (the packaged GGUF converted once, as the service does).",
     )
     rank: int = Field(16, description=f"LoRA rank r; one of vLLM's {VLLM_LORA_RANKS}.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
@@ -246,6 +246,15 @@ class ServiceSettings(BaseModel):
     admin_api_key: SecretStr | None = Field(
         None,
         description="Bearer token for the /admin endpoints (adapter publishing). Unset: they answer 403.",
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens clients must send to /ask and /v1/* (a JSON list). Empty: no key is asked for, "
+        "which only `environment=development` allows.",
+    )
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="production: `ragtune serve` refuses to start without service.api_keys (no open service by accident).",
     )
 
 

