@@ -96,6 +96,11 @@ class ZeroCostGenerator:
     def models(self):
         return [self.model_name]
 
+    async def sync_adapters(self, desired):
+        from service.generation.base import AdapterSyncReport
+
+        return AdapterSyncReport()  # the benchmark publishes none
+
     async def close(self):
         pass
 

@@ -15,6 +15,7 @@ from ragtune.errors import BackendError, Forbidden
 from ragtune.settings import ServiceSettings
 from service.adapters import AdapterSync
 from service.auth import require_key
+from service.generation.base import AdapterSyncReport
 
 
 def _sync(request: Request) -> AdapterSync:
@@ -33,12 +34,12 @@ def router(settings: ServiceSettings) -> APIRouter:
 
     api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
 
-    async def changed(sync: AdapterSync, name: str | None = None) -> dict:
+    async def changed(sync: AdapterSync, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
         report = await sync.sync()
         body = {"sync": report.as_dict(), "models": sync.generator.models()}
         if name is not None:
             body["adapter"] = (await asyncio.to_thread(sync.registry.get, name)).as_dict()
-        return body
+        return body, report
 
     @api.get("/adapters")
     async def list_adapters(sync: Sync) -> dict:
@@ -49,8 +50,8 @@ def router(settings: ServiceSettings) -> APIRouter:
     @api.post("/adapters/{name}/load")
     async def load(name: str, sync: Sync) -> dict:
         await asyncio.to_thread(sync.registry.set_published, name, True)
-        body = await changed(sync, name)
-        failed = {k: v for k, v in body["sync"]["failed"].items() if k == name or k.endswith(f" {name}")}
+        body, report = await changed(sync, name)
+        failed = report.failed_for(name)
         if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
             await asyncio.to_thread(sync.registry.set_published, name, False)
             await sync.sync()
@@ -61,15 +62,15 @@ def router(settings: ServiceSettings) -> APIRouter:
     @api.post("/adapters/{name}/unload")
     async def unload(name: str, sync: Sync) -> dict:
         await asyncio.to_thread(sync.registry.set_published, name, False)
-        return await changed(sync, name)
+        return (await changed(sync, name))[0]
 
     @api.delete("/adapters/{name}")
     async def delete(name: str, sync: Sync) -> dict:
         await asyncio.to_thread(sync.registry.delete, name)
-        return await changed(sync)
+        return (await changed(sync))[0]
 
     @api.post("/adapters/sync")
     async def resync(sync: Sync) -> dict:
-        return await changed(sync)
+        return (await changed(sync))[0]
 
     return api

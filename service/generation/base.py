@@ -52,6 +52,10 @@ class AdapterSyncReport:
     def as_dict(self) -> dict:
         return {"loaded": self.loaded, "unloaded": self.unloaded, "failed": self.failed}
 
+    def failed_for(self, name: str) -> dict[str, str]:
+        """Failures of this adapter, on any replica."""
+        return {key: why for key, why in self.failed.items() if key == name or key.endswith(f" {name}")}
+
 
 class Generator(Protocol):
     model_name: str

@@ -107,7 +107,8 @@ class LocalGenerator:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self.tokens = ChatTokens(self.tokenizer)
         self._peft = None  # the PeftModel around self.model once an adapter is loaded
-        self._adapters: dict[str, Path] = {}
+        self._adapters: dict[str, Path] = {}  # changed on the worker thread only
+        self._served: tuple[str, ...] = ()  # its names, swapped whole: the event loop reads it any time
         self._text_counts = TextCountCache(self.tokens.texts)
 
     # -- token counting -----------------------------------------------------------------
@@ -187,7 +188,7 @@ class LocalGenerator:
         return True
 
     def models(self) -> list[str]:
-        return [self.model_name, *self._adapters]
+        return [self.model_name, *self._served]
 
     # -- adapters ---------------------------------------------------------------------------
     # Adapters load and unload on the generation worker thread, so never during a model
@@ -240,10 +241,12 @@ class LocalGenerator:
             self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
         self._peft.eval()
         self._adapters[name] = path
+        self._served = tuple(self._adapters)
         log.info("adapter %s loaded from %s in %.2f s", name, path, time.perf_counter() - started)
 
     def _unload(self, name: str) -> None:
         del self._adapters[name]
+        self._served = tuple(self._adapters)
         if self._adapters:
             self._peft.delete_adapter(name)
         else:  # the last one: take the LoRA layers out, back to the plain model
