@@ -1,0 +1,139 @@
+"""Answer and retrieval metrics, as pure functions.
+
+Answer scoring follows the SQuAD evaluation script: text is lower-cased, punctuation and
+the articles a/an/the are removed and whitespace collapsed before comparing; exact match
+and token F1 take the best over the acceptable answers. An unanswerable question is
+answered correctly by declining (SQuAD 2.0 counts an empty answer; a chat model says so
+in words, so declining is recognised by phrase).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+DECLINE_PATTERNS = (
+    "i do not know", "i don't know", "i dont know", "do not contain", "does not contain", "don't contain",
+    "not mentioned", "cannot answer", "can't answer", "no information", "not enough information",
+    "passages do not say", "not provided",
+)
+
+
+def normalize(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, golds: list[str]) -> float:
+    return float(any(normalize(prediction) == normalize(g) for g in golds))
+
+
+def token_f1(prediction: str, golds: list[str]) -> float:
+    def f1(gold: str) -> float:
+        predicted, expected = normalize(prediction).split(), normalize(gold).split()
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if not predicted or not expected:
+            return float(predicted == expected)
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(predicted), common / len(expected)
+        return 2 * precision * recall / (precision + recall)
+
+    return max((f1(g) for g in golds), default=0.0)
+
+
+def contains_gold(prediction: str, golds: list[str]) -> float:
+    text = normalize(prediction)
+    return float(any(normalize(g) and normalize(g) in text for g in golds))
+
+
+def declines(prediction: str, decline_answer: str) -> bool:
+    text = prediction.lower().replace("’", "'")
+    if not text.strip():
+        return True  # an empty answer is SQuAD 2.0's way of declining
+    own = normalize(decline_answer)
+    return (own and own in normalize(prediction)) or any(p in text for p in DECLINE_PATTERNS)
+
+
+def reciprocal_rank(ranked_doc_ids: list[str], gold_doc_id: str) -> float:
+    for rank, doc_id in enumerate(ranked_doc_ids, start=1):
+        if doc_id == gold_doc_id:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at(ranked_doc_ids: list[str], gold_doc_id: str, k: int) -> float:
+    return float(gold_doc_id in ranked_doc_ids[:k])
+
+
+@dataclass
+class Outcome:
+    """One question answered by one strategy."""
+
+    answer: str
+    golds: list[str]
+    answerable: bool
+    declined: bool
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    ranked_doc_ids: list[str] | None = None  # retrieval order, when the strategy retrieved
+    gold_doc_id: str | None = None
+
+
+@dataclass
+class Summary:
+    questions: int
+    exact_match: float | None
+    f1: float | None
+    contains: float | None
+    decline_rate: float | None  # on unanswerable questions: higher is better
+    false_decline_rate: float | None  # on answerable questions: lower is better
+    recall_at_k: float | None
+    mrr: float | None
+    k: int
+    prompt_tokens: float
+    completion_tokens: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    extra: dict = field(default_factory=dict)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
+
+
+def summarize(outcomes: list[Outcome], k: int) -> Summary:
+    answerable = [o for o in outcomes if o.answerable]
+    unanswerable = [o for o in outcomes if not o.answerable]
+
+    def answer_score(o: Outcome, metric) -> float:
+        # SQuAD 2.0: on an unanswerable question, declining is the exact (and whole) answer.
+        return metric(o.answer, o.golds) if o.answerable else float(o.declined)
+
+    retrieved = [o for o in outcomes if o.ranked_doc_ids is not None and o.gold_doc_id]
+    return Summary(
+        questions=len(outcomes),
+        exact_match=_mean([answer_score(o, exact_match) for o in outcomes]),
+        f1=_mean([answer_score(o, token_f1) for o in outcomes]),
+        contains=_mean([contains_gold(o.answer, o.golds) for o in answerable]),
+        decline_rate=_mean([float(o.declined) for o in unanswerable]),
+        false_decline_rate=_mean([float(o.declined) for o in answerable]),
+        recall_at_k=_mean([recall_at(o.ranked_doc_ids, o.gold_doc_id, k) for o in retrieved]),
+        mrr=_mean([reciprocal_rank(o.ranked_doc_ids, o.gold_doc_id) for o in retrieved]),
+        k=k,
+        prompt_tokens=statistics.fmean(o.prompt_tokens for o in outcomes) if outcomes else 0.0,
+        completion_tokens=statistics.fmean(o.completion_tokens for o in outcomes) if outcomes else 0.0,
+        latency_p50_ms=_percentile([o.seconds * 1000 for o in outcomes], 0.5),
+        latency_p95_ms=_percentile([o.seconds * 1000 for o in outcomes], 0.95),
+    )

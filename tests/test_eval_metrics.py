@@ -1,0 +1,66 @@
+"""The eval metrics on hand-checked cases (SQuAD's normalisation, EM, F1, recall, MRR, declines)."""
+
+from __future__ import annotations
+
+import pytest
+
+from evaluation.metrics import (
+    Outcome, contains_gold, declines, exact_match, normalize, reciprocal_rank, recall_at, summarize, token_f1,
+)
+
+DECLINE = "I do not know: the passages do not say."
+
+
+def test_normalisation_is_squads():
+    assert normalize("The  Normans, in 10th-century France!") == "normans in 10thcentury france"
+    assert normalize("An apple a day") == "apple day"
+
+
+@pytest.mark.parametrize("prediction, golds, em, f1", [
+    ("Denmark, Iceland and Norway", ["Denmark, Iceland and Norway"], 1.0, 1.0),
+    ("the Normans", ["Normans"], 1.0, 1.0),  # articles and case do not count
+    ("Rollo", ["Richard", "Rollo"], 1.0, 1.0),  # the best of the acceptable answers
+    ("in France", ["France"], 0.0, 2 / 3),  # precision 1/2, recall 1: F1 = 2/3
+    ("10th and 11th centuries", ["10th century"], 0.0, 2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2)),  # 1 of 4, 1 of 2
+    ("Paris", ["London"], 0.0, 0.0),
+])
+def test_exact_match_and_f1(prediction, golds, em, f1):
+    assert exact_match(prediction, golds) == em
+    assert token_f1(prediction, golds) == pytest.approx(f1)
+
+
+def test_contains_gold():
+    assert contains_gold("They came from Normandy, in France [2].", ["France"]) == 1.0
+    assert contains_gold("They came from Normandy.", ["France"]) == 0.0
+
+
+def test_declines_are_recognised():
+    assert declines(DECLINE, DECLINE)
+    assert declines("I don't know.", DECLINE) and declines("The passages do not contain that.", DECLINE)
+    assert declines("", DECLINE)
+    assert not declines("William the Conqueror [1].", DECLINE)
+
+
+def test_recall_and_mrr():
+    ranked = ["d3", "d1", "d7"]
+    assert reciprocal_rank(ranked, "d1") == 0.5 and reciprocal_rank(ranked, "d9") == 0.0
+    assert recall_at(ranked, "d7", 3) == 1.0 and recall_at(ranked, "d7", 2) == 0.0
+
+
+def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable():
+    def outcome(answer, golds, answerable=True, ranked=None, gold=None, seconds=1.0):
+        return Outcome(answer, golds, answerable, declines(answer, DECLINE), 100, 10, seconds, ranked, gold)
+
+    summary = summarize([
+        outcome("Rollo", ["Rollo"], ranked=["a", "b"], gold="a", seconds=0.1),  # EM 1
+        outcome("in France", ["France"], ranked=["b", "a"], gold="a", seconds=0.2),  # EM 0, F1 2/3
+        outcome("I don't know.", ["Paris"], ranked=["c", "d"], gold="a", seconds=0.3),  # a false decline
+        outcome(DECLINE, [], answerable=False, seconds=0.4),  # the right answer to an unanswerable one
+    ], k=2)
+    assert summary.questions == 4
+    assert summary.exact_match == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert summary.f1 == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+    assert summary.contains == pytest.approx(2 / 3)
+    assert summary.decline_rate == 1.0 and summary.false_decline_rate == pytest.approx(1 / 3)
+    assert summary.recall_at_k == pytest.approx(2 / 3) and summary.mrr == pytest.approx((1 + 0.5 + 0) / 3)
+    assert summary.latency_p50_ms == pytest.approx(300) and summary.latency_p95_ms == pytest.approx(400)
