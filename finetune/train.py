@@ -20,6 +20,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class Trainer:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation notes, not ours
         check_name(name)
         started = time.perf_counter()
         data = load_training_data(Path(data_path), self.settings.prompt)
