@@ -122,6 +122,19 @@ class PromptSettings(BaseModel):
     )
 
 
+class FewShotSettings(BaseModel):
+    """Retrieved few-shot demonstrations (the ramp's step between retrieval and fine-tuning)."""
+
+    file: Path | None = Field(
+        None, description="QA JSONL (question + answer or answers) to draw demonstrations from; unset: off."
+    )
+    k: int = Field(
+        3, ge=0, le=6,
+        description="Demonstrations per question, nearest first (0: none). They share the prompt budget: "
+        "at most half of what the question leaves, the least similar dropped first.",
+    )
+
+
 class VllmSettings(BaseModel):
     """How the service reaches vLLM's OpenAI-compatible server (generation.backend = vllm)."""
 
@@ -272,6 +285,7 @@ class Settings(BaseSettings):
     records: RecordSettings = Field(default_factory=RecordSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
+    fewshot: FewShotSettings = Field(default_factory=FewShotSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)

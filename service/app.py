@@ -175,7 +175,9 @@ def _ledger(prepared: Prepared) -> dict:
     return {
         "context_window": ledger.context_window, "reserved_answer_tokens": ledger.reserved_answer_tokens,
         "base_tokens": ledger.base_tokens, "budget": ledger.budget, "prompt_tokens": ledger.prompt_tokens,
-        "join_tokens": ledger.join_tokens, "retrieved": ledger.retrieved, "packed": ledger.packed, "dropped": ledger.dropped,
+        "join_tokens": ledger.join_tokens, "demonstrations": ledger.demonstrations,
+        "demonstration_tokens": ledger.demonstration_tokens, "retrieved": ledger.retrieved, "packed": ledger.packed,
+        "dropped": ledger.dropped,
     }
 
 

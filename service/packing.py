@@ -53,6 +53,8 @@ class Ledger:
     packed: list[dict] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     prompt_tokens: int = 0
+    demonstrations: int = 0  # few-shot pairs shown (earlier turns), counted in base_tokens
+    demonstration_tokens: int = 0
 
     @property
     def join_tokens(self) -> int:
@@ -140,14 +142,31 @@ class Packer:
                 return True
         return False
 
+    def _with_demonstrations(
+        self, question: str, history: Messages, system: str | None, answer_tokens: int, demonstrations: list,
+    ) -> tuple[Messages, int, int, int]:
+        """History with as many few-shot turns in front as take at most half of the budget the
+        question leaves (least similar dropped first): (history, its base tokens, pairs, their tokens)."""
+        base = self.generator.count_chat_tokens(self.messages(question, history, [], system))
+        room = self.generator.context_window - answer_tokens - base
+        demos = list(demonstrations)
+        while demos:
+            turns = [t for q, a in demos for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+            with_demos = self.generator.count_chat_tokens(self.messages(question, turns + history, [], system))
+            if with_demos - base <= room // 2:
+                return turns + history, with_demos, len(demos), with_demos - base
+            demos.pop()
+        return history, base, 0, 0
+
     def pack(
         self, question: str, history: Messages, hits: list[Hit], below_score: list[Hit],
-        answer_tokens: int, system: str | None = None,
+        answer_tokens: int, system: str | None = None, demonstrations: list[tuple[str, str]] = (),
     ) -> tuple[Messages, list[Passage], Ledger]:
         window = self.generator.context_window
-        # Everything but the passages: system prompt, history, question, and the template.
-        base = self.generator.count_chat_tokens(self.messages(question, history, [], system))
+        # Everything but the passages: system prompt, demonstrations, history, question, and the template.
+        history, base, shown, demo_tokens = self._with_demonstrations(question, history, system, answer_tokens, demonstrations)
         ledger = Ledger(window, answer_tokens, base, window - answer_tokens - base)
+        ledger.demonstrations, ledger.demonstration_tokens = shown, demo_tokens
         ledger.retrieved = [retrieved_entry(h) for h in hits + below_score]
         ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "below_score"} for h in below_score]
         if window - answer_tokens - base < 0:

@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ragtune.errors import UnknownModel
+from ragtune.errors import UnknownModel, UsageError
 from ragtune.settings import Settings
 from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
+from service.fewshot import Demonstrations
 from service.metrics import Metrics
 from service.packing import Ledger, Packer, Passage
 from service.protocol import Citation, RetrievalOptions, Usage
@@ -50,12 +51,16 @@ def usage_of(completion: Completion) -> Usage:
 
 
 class RagPipeline:
-    def __init__(self, settings: Settings, retriever: Retriever, generator: Generator, metrics: Metrics | None = None):
+    def __init__(
+        self, settings: Settings, retriever: Retriever, generator: Generator, metrics: Metrics | None = None,
+        demonstrations: Demonstrations | None = None,
+    ):
         self.metrics = metrics
         self.settings = settings
         self.retriever = retriever
         self.generator = generator
         self.packer = Packer(settings.prompt, generator)
+        self.demonstrations = demonstrations
 
     def check_model(self, model: str | None) -> str | None:
         """None for the base model; the adapter name otherwise. Unknown names are refused."""
@@ -79,13 +84,25 @@ class RagPipeline:
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
         snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
-        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, options.hybrid)
+        vector = self.retriever.embedder.embed([question])  # for passages and demonstrations alike
+        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, options.hybrid, vector)
+        demos = self._demonstrations(question, vector, options)
         version = snapshot.version_id
         retrieved = time.perf_counter()
-        messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system)
+        messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system, demos)
         packed = time.perf_counter()
         timings = {"retrieval": (retrieved - started) * 1000, "packing": (packed - retrieved) * 1000}
         return Prepared(messages, passages, ledger, version, timings)
+
+    def _demonstrations(self, question: str, vector, options: RetrievalOptions) -> list[tuple[str, str]]:
+        k = self.settings.fewshot.k if options.fewshot_k is None else options.fewshot_k
+        if not k:
+            return []
+        if self.demonstrations is None:
+            if options.fewshot_k:
+                raise UsageError("few-shot demonstrations are off: set RAGTUNE_FEWSHOT__FILE to a QA JSONL file")
+            return []
+        return self.demonstrations.nearest(question, vector, k)
 
     async def prepare_async(self, *args, **kwargs) -> Prepared:
         return await asyncio.to_thread(self.prepare, *args, **kwargs)
@@ -114,4 +131,5 @@ def build_pipeline(settings: Settings, embedder, generator: Generator, metrics: 
     retriever = Retriever(
         settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds, settings.retrieval
     )
-    return RagPipeline(settings, retriever, generator, metrics)
+    demonstrations = Demonstrations(settings.fewshot.file, embedder, settings.prompt) if settings.fewshot.file else None
+    return RagPipeline(settings, retriever, generator, metrics, demonstrations)

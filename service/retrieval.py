@@ -109,13 +109,14 @@ class Retriever:
 
     def search(
         self, query: str, k: int, filters: Filters = Filters(), min_score: float = -1.0,
-        snapshot: IndexSnapshot | None = None, hybrid: bool | None = None,
+        snapshot: IndexSnapshot | None = None, hybrid: bool | None = None, vector=None,
     ) -> tuple[list[Hit], list[Hit]]:
         """Hits at or above `min_score`, best first, and those below it (in `snapshot`, default the newest).
-        `hybrid`: fuse BM25 with the dense ranking (None: setting retrieval.hybrid)."""
+        `hybrid`: fuse BM25 with the dense ranking (None: setting retrieval.hybrid). `vector`: the
+        query's embedding, when the caller has it already."""
         snapshot = snapshot or self.snapshot()
         hybrid = self._hybrid if hybrid is None else hybrid
-        vector = self.embedder.embed([query])
+        vector = self.embedder.embed([query]) if vector is None else vector
         params, allowed = None, None
         if filters:
             allowed = self._allowed_ids(snapshot, filters)
