@@ -143,6 +143,12 @@ class VllmSettings(BaseModel):
         description="vLLM replicas, each `http://host:port` or `http://host:port/v1`. Requests go round "
         "robin; one that cannot be reached is skipped for the next.",
     )
+    discover: bool = Field(
+        False,
+        description="Resolve each URL's host to all its addresses and use each as a replica, re-resolved at every "
+        "adapter reconcile (adapters.sync_seconds): with a Kubernetes headless Service, scaling vLLM needs no "
+        "config change. Plain-HTTP in-cluster URLs only.",
+    )
     api_key: SecretStr | None = Field(None, description="Sent as `Authorization: Bearer` (vLLM's --api-key).")
     connect_timeout: float = Field(3.0, gt=0, description="Seconds to open a connection to a replica.")
     read_timeout: float = Field(

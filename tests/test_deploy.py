@@ -249,9 +249,14 @@ def test_the_service_and_vllm_agree_on_model_and_rank(compose, manifests):
     config = by_kind(manifests, "ConfigMap", "ragtune-config")["data"]
     assert args[args.index("--served-model-name") + 1] == config["RAGTUNE_GENERATION__MODEL"]
     assert args[args.index("--max-lora-rank") + 1] == config["RAGTUNE_ADAPTERS__MAX_RANK"]
-    replicas = by_kind(manifests, "StatefulSet", "vllm")["spec"]["replicas"]
-    urls = yaml.safe_load(config["RAGTUNE_GENERATION__VLLM__URLS"])
-    assert urls == [f"http://vllm-{i}.vllm:8000/v1" for i in range(replicas)]  # every replica is reconciled
+    # Every vLLM pod is reconciled: the URL names the headless Service of the StatefulSet's
+    # pods, and discovery turns it into one replica per pod.
+    statefulset = by_kind(manifests, "StatefulSet", "vllm")
+    (url,) = yaml.safe_load(config["RAGTUNE_GENERATION__VLLM__URLS"])
+    headless = by_kind(manifests, "Service", url.split("//")[1].split(":")[0])
+    assert headless["spec"]["clusterIP"] == "None" and statefulset["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    assert config["RAGTUNE_GENERATION__VLLM__DISCOVER"] == "true"
 
 
 def test_the_settings_the_deployment_sets_exist(compose, manifests):

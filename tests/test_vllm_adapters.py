@@ -167,3 +167,40 @@ def test_a_path_vllm_cannot_see_is_explained(replicas):
     (problem,) = report.failed.values()
     assert "404" in problem and "mount the adapters volume at the same path" in problem
     assert generator.models() == [BASE_MODEL]
+
+
+def test_discovery_finds_every_address_of_a_name_and_reconciles_each(replicas, registry_copy):
+    """`generation.vllm.discover`: a name (here `localhost`, as a headless Service would be in
+    Kubernetes) stands for every address it resolves to; each one is a replica."""
+    import asyncio
+    import socket
+
+    from finetune.registry import Registry
+    from ragtune.settings import AdapterSettings, GenerationSettings, VllmSettings
+    from service.generation.vllm import VllmGenerator
+
+    a, _ = replicas
+    port = a.url.rsplit(":", 1)[1]
+    addresses = {info[4][0] for info in socket.getaddrinfo("localhost", int(port), type=socket.SOCK_STREAM)}
+    assert "127.0.0.1" in addresses
+    path = Registry(AdapterSettings(dir=registry_copy), BASE_MODEL).get("pirate").path
+    generator = VllmGenerator(GenerationSettings(
+        backend="vllm", vllm=VllmSettings(urls=[f"http://localhost:{port}/v1"], discover=True, tokenizer="tiktoken")))
+
+    async def sync(desired):
+        return await generator.sync_adapters(desired)
+
+    async def run():
+        try:
+            report = await sync({"scout": path})
+            unloaded = await sync({})
+            return report, unloaded
+        finally:
+            await generator.close()
+
+    report, unloaded = asyncio.run(run())
+    expected = sorted(f"http://{f'[{a_}]' if ':' in a_ else a_}:{port}" for a_ in addresses)
+    assert sorted(generator.replicas.roots) == expected  # one replica per address, the name itself gone
+    assert f"http://127.0.0.1:{port} scout" in report.loaded
+    assert f"http://127.0.0.1:{port} scout" in unloaded.unloaded
+    assert generator.models() == [BASE_MODEL]

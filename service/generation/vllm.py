@@ -14,12 +14,15 @@ the service recovers on its own when vLLM comes back.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -68,19 +71,52 @@ def raise_for_backend(response: httpx.Response, model: str) -> None:
 
 
 class _Replicas:
-    """Round robin over the configured servers; the caller moves on when one cannot be reached."""
+    """Round robin over the servers; the caller moves on when one cannot be reached.
 
-    def __init__(self, urls: list[str]):
+    With `discover`, each configured URL's host is resolved to all its addresses, and each
+    address is a replica: a Kubernetes headless Service answers with one per ready pod, so
+    replicas added (or restarted) are found at the next `refresh()`. Plain-HTTP in-cluster
+    traffic only: an address in the URL defeats TLS host-name checks.
+    """
+
+    def __init__(self, urls: list[str], discover: bool = False):
         if not urls:
             raise UsageError("generation.vllm.urls is empty; give at least one vLLM server URL")
-        self.roots = [server_root(u) for u in urls]
+        self.configured = [server_root(u) for u in urls]
+        self.discover = discover
+        self.roots = list(self.configured)
         self._next = itertools.cycle(range(len(self.roots)))
         self._lock = threading.Lock()
 
+    def refresh(self) -> None:
+        """Re-resolve the replicas (blocking DNS: call it off the event loop)."""
+        if not self.discover:
+            return
+        roots: list[str] = []
+        for root in self.configured:
+            parts = urlsplit(root)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("cannot resolve vLLM replicas of %s: %s", root, exc)
+                infos = []
+            addresses = [info[4][0] for info in infos] or [parts.hostname]
+            for address in addresses:
+                host = f"[{address}]" if ":" in address else address
+                url = urlunsplit((parts.scheme, f"{host}:{port}", parts.path, "", ""))
+                if url not in roots:
+                    roots.append(url)
+        with self._lock:
+            if roots != self.roots:
+                log.warning("vLLM replicas: %s", roots)
+                self.roots = roots
+                self._next = itertools.cycle(range(len(roots)))
+
     def order(self) -> list[str]:
         with self._lock:
-            start = next(self._next)
-        return self.roots[start:] + self.roots[:start]
+            start, roots = next(self._next), self.roots
+        return roots[start:] + roots[:start]
 
 
 class VllmGenerator:
@@ -88,7 +124,7 @@ class VllmGenerator:
         config = settings.vllm
         self.model_name = settings.model
         self.context_window = settings.context_window
-        self.replicas = _Replicas(config.urls)
+        self.replicas = _Replicas(config.urls, config.discover)
         headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout)
         limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
@@ -252,6 +288,7 @@ class VllmGenerator:
         (and lost them) or holds an older version is found and corrected."""
         report = AdapterSyncReport()
         served = {name: 0 for name in desired}
+        await asyncio.to_thread(self.replicas.refresh)  # new or replaced replicas are found here
         for root in self.replicas.roots:
             try:
                 response = await self._client.get(f"{root}/v1/models")
