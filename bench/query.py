@@ -41,6 +41,10 @@ import numpy as np  # noqa: E402
 SQUAD = REPO.parent / "shared" / "data" / "squad-v2-dev-5articles.json"
 
 
+# A prompt that makes the model write at length: decode speed, not prefill, is measured.
+DECODE_PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+
+
 def percentiles(samples_s: list[float]) -> str:
     ms = sorted(s * 1000 for s in samples_s)
     p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
@@ -231,7 +235,7 @@ def decode_speed(generator, tokens: int, rounds: int) -> None:
 
     from service.generation.base import GenerationParams
 
-    messages = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+    messages = DECODE_PROMPT
     params = GenerationParams(max_tokens=tokens)
     input_ids = torch.tensor([generator.tokens.prompt_ids(messages)])
     attention_mask = torch.ones_like(input_ids)
@@ -274,7 +278,7 @@ def dtype_speed(settings, tokens: int, rounds: int) -> None:
     from service.generation.base import GenerationParams
     from service.generation.local import LocalGenerator
 
-    messages = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."}]
+    messages = DECODE_PROMPT
     print(f"\n== dtype, engine generate, {tokens} new tokens, median of {rounds}")
     speeds = {}
     for dtype in ("float32", "bfloat16"):

@@ -196,18 +196,16 @@ class LocalGenerator:
     # the change. Each request picks its adapter (or none) right before generating.
     @contextmanager
     def _selected(self, adapter: str | None):
+        if adapter is not None and adapter not in self._adapters:
+            raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
         if self._peft is None:
-            if adapter is not None:
-                raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
             yield self.model
         elif adapter is None:
             with self._peft.disable_adapter():
                 yield self._peft
-        elif adapter in self._adapters:
+        else:
             self._peft.set_adapter(adapter)
             yield self._peft
-        else:
-            raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
 
     async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
         loop = asyncio.get_running_loop()

