@@ -13,6 +13,7 @@ import re
 import statistics
 import string
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -60,15 +61,17 @@ def declines(prediction: str, decline_answer: str) -> bool:
     return (own and own in normalize(prediction)) or any(p in text for p in DECLINE_PATTERNS)
 
 
-def reciprocal_rank(ranked_doc_ids: list[str], gold_doc_id: str) -> float:
+def reciprocal_rank(ranked_doc_ids: list[str], gold: Collection[str]) -> float:
+    """1 / the rank of the first gold document (any of them), 0 when none was retrieved."""
     for rank, doc_id in enumerate(ranked_doc_ids, start=1):
-        if doc_id == gold_doc_id:
+        if doc_id in gold:
             return 1.0 / rank
     return 0.0
 
 
-def recall_at(ranked_doc_ids: list[str], gold_doc_id: str, k: int) -> float:
-    return float(gold_doc_id in ranked_doc_ids[:k])
+def recall_at(ranked_doc_ids: list[str], gold: Collection[str], k: int) -> float:
+    """Whether a gold document is among the first k (a question has one gold passage)."""
+    return float(any(doc_id in gold for doc_id in ranked_doc_ids[:k]))
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Outcome:
     completion_tokens: int
     seconds: float
     ranked_doc_ids: list[str] | None = None  # retrieval order, when the strategy retrieved
-    gold_doc_id: str | None = None
+    gold_doc_ids: Collection[str] | None = None  # None: the question's gold document is unknown
 
 
 @dataclass
@@ -113,15 +116,17 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
 
 
+def answer_score(o: Outcome, metric) -> float:
+    """`metric` (exact_match, token_f1) on an answerable question; on an unanswerable one,
+    SQuAD 2.0's rule: declining is the exact (and whole) answer."""
+    return metric(o.answer, o.golds) if o.answerable else float(o.declined)
+
+
 def summarize(outcomes: list[Outcome], k: int) -> Summary:
     answerable = [o for o in outcomes if o.answerable]
     unanswerable = [o for o in outcomes if not o.answerable]
 
-    def answer_score(o: Outcome, metric) -> float:
-        # SQuAD 2.0: on an unanswerable question, declining is the exact (and whole) answer.
-        return metric(o.answer, o.golds) if o.answerable else float(o.declined)
-
-    retrieved = [o for o in outcomes if o.ranked_doc_ids is not None and o.gold_doc_id]
+    retrieved = [o for o in outcomes if o.ranked_doc_ids is not None and o.gold_doc_ids]
     return Summary(
         questions=len(outcomes),
         exact_match=_mean([answer_score(o, exact_match) for o in outcomes]),
@@ -129,8 +134,8 @@ def summarize(outcomes: list[Outcome], k: int) -> Summary:
         contains=_mean([contains_gold(o.answer, o.golds) for o in answerable]),
         decline_rate=_mean([float(o.declined) for o in unanswerable]),
         false_decline_rate=_mean([float(o.declined) for o in answerable]),
-        recall_at_k=_mean([recall_at(o.ranked_doc_ids, o.gold_doc_id, k) for o in retrieved]),
-        mrr=_mean([reciprocal_rank(o.ranked_doc_ids, o.gold_doc_id) for o in retrieved]),
+        recall_at_k=_mean([recall_at(o.ranked_doc_ids, o.gold_doc_ids, k) for o in retrieved]),
+        mrr=_mean([reciprocal_rank(o.ranked_doc_ids, o.gold_doc_ids) for o in retrieved]),
         k=k,
         prompt_tokens=statistics.fmean(o.prompt_tokens for o in outcomes) if outcomes else 0.0,
         completion_tokens=statistics.fmean(o.completion_tokens for o in outcomes) if outcomes else 0.0,

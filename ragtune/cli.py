@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from evaluation.cli import eval_app
 from finetune.cli import adapters_app, finetune_app
 from indexer.cli import app as index_app
 from service.cli import ask, serve
@@ -21,6 +22,7 @@ app.command()(serve)
 app.command()(ask)
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

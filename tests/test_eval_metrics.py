@@ -43,8 +43,9 @@ def test_declines_are_recognised():
 
 def test_recall_and_mrr():
     ranked = ["d3", "d1", "d7"]
-    assert reciprocal_rank(ranked, "d1") == 0.5 and reciprocal_rank(ranked, "d9") == 0.0
-    assert recall_at(ranked, "d7", 3) == 1.0 and recall_at(ranked, "d7", 2) == 0.0
+    assert reciprocal_rank(ranked, {"d1"}) == 0.5 and reciprocal_rank(ranked, {"d9"}) == 0.0
+    assert reciprocal_rank(ranked, {"d7", "d1"}) == 0.5  # the first gold document counts
+    assert recall_at(ranked, {"d7"}, 3) == 1.0 and recall_at(ranked, {"d7"}, 2) == 0.0
 
 
 def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable():
@@ -52,9 +53,9 @@ def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable()
         return Outcome(answer, golds, answerable, declines(answer, DECLINE), 100, 10, seconds, ranked, gold)
 
     summary = summarize([
-        outcome("Rollo", ["Rollo"], ranked=["a", "b"], gold="a", seconds=0.1),  # EM 1
-        outcome("in France", ["France"], ranked=["b", "a"], gold="a", seconds=0.2),  # EM 0, F1 2/3
-        outcome("I don't know.", ["Paris"], ranked=["c", "d"], gold="a", seconds=0.3),  # a false decline
+        outcome("Rollo", ["Rollo"], ranked=["a", "b"], gold={"a"}, seconds=0.1),  # EM 1
+        outcome("in France", ["France"], ranked=["b", "a"], gold={"a"}, seconds=0.2),  # EM 0, F1 2/3
+        outcome("I don't know.", ["Paris"], ranked=["c", "d"], gold={"a"}, seconds=0.3),  # a false decline
         outcome(DECLINE, [], answerable=False, seconds=0.4),  # the right answer to an unanswerable one
     ], k=2)
     assert summary.questions == 4

@@ -1,0 +1,276 @@
+"""Answer every question with every strategy, through the service's own code paths.
+
+Two answerers with one interface: `InProcess` runs the pipeline behind /ask (the same
+retriever, packer and generator, built from the same settings); `Remote` posts to a running
+service's /ask (which may itself be backed by vLLM). Answers are greedy (temperature 0) and
+seeded, so a run repeats.
+
+Strategies (the customization ramp):
+    zero-shot            the question alone, no passages
+    rag                  the /ask pipeline: retrieved passages under the token budget
+    few-shot             rag plus retrieved demonstrations (QA pairs) as earlier turns
+    adapter:<name>       zero-shot with a LoRA adapter
+    rag+adapter:<name>   rag with a LoRA adapter
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import httpx
+
+from evaluation.gold import GoldIndex, doc_matches
+from evaluation.metrics import Outcome, answer_score, declines, exact_match, token_f1
+from evaluation.qa import QAItem
+from ragtune.errors import RagtuneError, UsageError
+from ragtune.settings import Settings
+
+STRATEGY_HELP = "zero-shot, rag, few-shot, adapter:<name>, rag+adapter:<name>"
+
+
+class EvalError(RagtuneError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    retrieval: bool
+    fewshot: bool = False
+    adapter: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Strategy:
+        name = text.strip()
+        base, _, adapter = name.partition("adapter:")
+        if adapter:
+            if base not in ("", "rag+"):
+                raise UsageError(f"unknown strategy {text!r}; expected one of {STRATEGY_HELP}")
+            return cls(name, retrieval=base == "rag+", adapter=adapter)
+        match name:
+            case "zero-shot":
+                return cls(name, retrieval=False)
+            case "rag":
+                return cls(name, retrieval=True)
+            case "few-shot":
+                return cls(name, retrieval=True, fewshot=True)
+        raise UsageError(f"unknown strategy {text!r}; expected one of {STRATEGY_HELP}")
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    ranked_doc_ids: list[str] | None  # documents in retrieval order (None: nothing retrieved)
+    index_version: str | None = None
+
+
+def ranked_documents(retrieved: list[dict]) -> list[str]:
+    """The ledger's retrieved chunks (best first) as document ids, each once."""
+    return list(dict.fromkeys(entry["doc_id"] for entry in retrieved))
+
+
+class Answerer(Protocol):
+    def describe(self) -> dict: ...
+    async def start(self, strategies: list[Strategy]) -> None: ...
+    async def answer(self, item: QAItem, strategy: Strategy) -> Answer: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Request:
+    top_k: int | None
+    max_tokens: int
+    fewshot_k: int
+    seed: int
+
+    def retrieval(self, strategy: Strategy) -> dict:
+        return {"enabled": strategy.retrieval, "top_k": self.top_k, "fewshot_k": self.fewshot_k if strategy.fewshot else 0}
+
+
+class InProcess:
+    """The pipeline behind /ask, in this process."""
+
+    def __init__(self, settings: Settings, request: Request, demonstrations: Path | None):
+        from indexer.embedder import load_embedder
+        from service.fewshot import Demonstrations
+        from service.generation import create_generator
+        from service.pipeline import build_pipeline
+
+        self.settings, self.request = settings, request
+        self.embedder = load_embedder(settings.embedding)
+        self.generator = create_generator(settings.generation)
+        self.pipeline = build_pipeline(settings, self.embedder, self.generator)
+        if demonstrations is not None:
+            self.pipeline.demonstrations = Demonstrations(demonstrations, self.embedder, settings.prompt)
+
+    def gold_index(self) -> GoldIndex:
+        return GoldIndex.from_snapshot(self.pipeline.retriever.snapshot())
+
+    def describe(self) -> dict:
+        generation = self.settings.generation
+        where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
+        return {"mode": "in-process", "backend": generation.backend, "model": self.generator.model_name,
+                "backend_at": where, "index": str(self.settings.index.dir)}
+
+    async def start(self, strategies: list[Strategy]) -> None:
+        if not await self.generator.ready():
+            raise EvalError(f"the {self.settings.generation.backend} generation backend is not ready; see the log above")
+        if any(s.fewshot for s in strategies) and self.pipeline.demonstrations is None:
+            raise UsageError("the few-shot strategy needs demonstrations: pass --demonstrations FILE (QA JSONL)")
+        wanted = sorted({s.adapter for s in strategies if s.adapter})
+        if wanted:
+            from finetune.registry import Registry
+
+            registry = Registry(self.settings.adapters, self.settings.generation.model)
+            # Published adapters stay loaded (a shared vLLM keeps serving them); the ones under
+            # evaluation are loaded whether published or not: evaluate first, publish after.
+            desired = {**registry.published(), **{name: registry.get(name).path for name in wanted}}
+            report = await self.generator.sync_adapters(desired)
+            failed = {name: report.failed_for(name) for name in wanted if report.failed_for(name)}
+            if failed:
+                raise EvalError("; ".join(f"adapter {n} failed to load: {why}" for n, why in failed.items()))
+
+    async def answer(self, item: QAItem, strategy: Strategy) -> Answer:
+        from service.generation.base import GenerationParams
+        from service.protocol import RetrievalOptions
+
+        started = time.perf_counter()
+        options = RetrievalOptions(**self.request.retrieval(strategy))
+        prepared = await self.pipeline.prepare_async(item.question, [], options, self.request.max_tokens)
+        params = GenerationParams(max_tokens=self.request.max_tokens, temperature=0.0, seed=self.request.seed,
+                                  model=strategy.adapter)
+        completion = await self.pipeline.complete(prepared, params)
+        ranked = ranked_documents(prepared.ledger.retrieved) if prepared.ledger is not None else None
+        return Answer(completion.text, completion.prompt_tokens, completion.completion_tokens,
+                      time.perf_counter() - started, ranked, prepared.index_version)
+
+    async def close(self) -> None:
+        await self.generator.close()
+
+
+class Remote:
+    """A running ragtune service, through POST /ask."""
+
+    def __init__(self, url: str, request: Request, api_key: str | None, timeout: float):
+        self.url, self.request = url.rstrip("/"), request
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    def describe(self) -> dict:
+        return {"mode": "remote", "url": self.url, "model": getattr(self, "model", None)}
+
+    async def _get(self, path: str) -> dict:
+        try:
+            response = await self.client.get(path)
+        except httpx.HTTPError as exc:
+            raise EvalError(f"cannot reach the service at {self.url}: {exc}") from None
+        if response.status_code != 200:
+            raise EvalError(f"{self.url}{path}: HTTP {response.status_code}: {_message(response)}")
+        return response.json()
+
+    async def start(self, strategies: list[Strategy]) -> None:
+        models = [m["id"] for m in (await self._get("/v1/models"))["data"]]
+        self.model = models[0] if models else None
+        missing = sorted({s.adapter for s in strategies if s.adapter and s.adapter not in models})
+        if missing:
+            raise EvalError(f"the service at {self.url} does not serve {', '.join(missing)}: publish the adapter "
+                            "(`ragtune adapters load NAME`) or evaluate in-process")
+
+    async def answer(self, item: QAItem, strategy: Strategy) -> Answer:
+        body = {"question": item.question, "max_tokens": self.request.max_tokens, "temperature": 0,
+                "seed": self.request.seed, "filters": self.request.retrieval(strategy)}
+        if strategy.adapter:
+            body["model"] = strategy.adapter
+        started = time.perf_counter()
+        try:
+            response = await self.client.post("/ask", json=body)
+        except httpx.HTTPError as exc:
+            raise EvalError(f"/ask failed for question {item.id!r}: {exc}") from None
+        if response.status_code != 200:
+            raise EvalError(f"/ask refused question {item.id!r}: HTTP {response.status_code}: {_message(response)}")
+        data = response.json()
+        ranked = ranked_documents(data["ledger"].get("retrieved", [])) if strategy.retrieval else None
+        return Answer(data["answer"], data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"],
+                      time.perf_counter() - started, ranked, data.get("index_version"))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
+
+
+def gold_documents(item: QAItem, ranked: list[str] | None, gold: GoldIndex | None) -> frozenset[str] | None:
+    """The question's gold documents: from the index when we have it, else a doc_id matched
+    against what was retrieved (a gold context cannot be matched without the index)."""
+    if gold is not None:
+        return gold.resolve(item)
+    if item.doc_id:
+        return frozenset({item.doc_id, *(d for d in ranked or () if doc_matches(d, item.doc_id))})
+    return None
+
+
+@dataclass
+class Run:
+    items: list[QAItem]
+    strategies: list[Strategy]
+    outcomes: dict[str, list[Outcome]]
+    rows: list[dict]
+    index_versions: set
+
+
+async def evaluate(
+    answerer: Answerer, items: list[QAItem], strategies: list[Strategy], gold: GoldIndex | None,
+    decline_answer: str, advance: Callable[[str], None] = lambda _: None,
+) -> Run:
+    """Strategy by strategy (an adapter is loaded once), question by question, in file order."""
+    await answerer.start(strategies)
+    rows = [{"id": q.id, "question": q.question, "answers": list(q.answers), "answerable": q.answerable,
+             "gold_doc_ids": None, "results": {}} for q in items]
+    outcomes: dict[str, list[Outcome]] = {}
+    versions = set()
+    for strategy in strategies:
+        outcomes[strategy.name] = []
+        for item, row in zip(items, rows, strict=True):
+            answer = await answerer.answer(item, strategy)
+            versions.add(answer.index_version)
+            gold_ids = gold_documents(item, answer.ranked_doc_ids, gold)
+            if gold_ids is not None and row["gold_doc_ids"] is None:
+                row["gold_doc_ids"] = sorted(gold_ids)
+            declined = declines(answer.text, decline_answer)
+            outcome = Outcome(answer.text, list(item.answers), item.answerable, declined, answer.prompt_tokens,
+                              answer.completion_tokens, answer.seconds, answer.ranked_doc_ids, gold_ids)
+            outcomes[strategy.name].append(outcome)
+            row["results"][strategy.name] = {
+                "answer": answer.text,
+                "exact_match": answer_score(outcome, exact_match),
+                "f1": round(answer_score(outcome, token_f1), 4),
+                "declined": declined,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "ms": round(answer.seconds * 1000, 1),
+                "retrieved": answer.ranked_doc_ids,
+            }
+            advance(strategy.name)
+    return Run(items, strategies, outcomes, rows, versions - {None})
+
+
+def run(answerer: Answerer, *args, **kwargs) -> Run:
+    async def main() -> Run:
+        try:
+            return await evaluate(answerer, *args, **kwargs)
+        finally:
+            await answerer.close()
+
+    return asyncio.run(main())
