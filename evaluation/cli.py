@@ -58,7 +58,7 @@ def run_eval(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions (after --sample).")] = None,
     sample: Annotated[Optional[int], typer.Option(min=1, help="N questions drawn at random (seeded).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds --sample and generation.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where report.json and report.html go.")] = Path("ragtune-eval"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where report.json, report.html and report.md go.")] = Path("ragtune-eval"),
     timeout: Annotated[float, typer.Option(help="Seconds one answer may take with --url.")] = 300.0,
     index_dir: IndexDir = None,
     adapters_dir: Annotated[Optional[Path], typer.Option(help="Adapter registry [default: setting adapters.dir].")] = None,
@@ -110,5 +110,6 @@ def run_eval(
     report = reports.build(result, dataset, setup, k=top_k or settings.retrieval.top_k)
     reports.write_json(report, out_dir / "report.json")
     reports.write_html(report, out_dir / "report.html")
+    (out_dir / "report.md").write_text(reports.markdown(report))
     out.print(reports.table(report))
-    out.print(f"report: {out_dir / 'report.json'}, chart: {out_dir / 'report.html'}")
+    out.print(f"report: {out_dir / 'report.json'}, chart: {out_dir / 'report.html'}, table: {out_dir / 'report.md'}")

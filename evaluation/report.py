@@ -73,11 +73,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _panel(key: str, label: str, higher: bool, percent: bool, strategies: dict, width: int = 420) -> str:
+def _panel(key: str, label: str, higher: bool, percent: bool, strategies: dict, width: int = 440) -> str:
     """One metric as horizontal bars, one per strategy, as inline SVG."""
     values = [(name, s[key]) for name, s in strategies.items()]
     top = 1.0 if percent else max([v for _, v in values if v is not None] + [1e-9])
-    bar_h, gap, left, right = 22, 8, 150, 70
+    bar_h, gap, left, right = 22, 8, 175, 70
     height = 34 + len(values) * (bar_h + gap)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{html.escape(label)}">',

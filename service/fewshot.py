@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune.data import load_training_data
+from ragtune.errors import UsageError
 from ragtune.settings import PromptSettings
 
 log = logging.getLogger("ragtune.fewshot")
@@ -27,8 +28,6 @@ class Demonstrations:
         data = load_training_data(Path(path), prompt)  # validated like training data; bad lines reported
         self.pairs = [(e.question, e.answer) for e in data.examples if e.kind == "qa"]
         if not self.pairs:
-            from ragtune.errors import UsageError
-
             raise UsageError(f"fewshot.file {path} has no question/answer pairs to show")
         if data.bad or len(self.pairs) < len(data.examples):
             log.warning("fewshot.file %s: %d bad lines and %d non-QA examples left out", path, len(data.bad),

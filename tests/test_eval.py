@@ -148,6 +148,7 @@ def in_process_report(tmp_path_factory, squad_slice, squad_index, demonstrations
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     report["_stdout"], report["_html"] = done.stdout, (out / "report.html").read_text()
+    report["_markdown"] = (out / "report.md").read_text()
     return report
 
 
@@ -199,6 +200,7 @@ def test_eval_reports_every_strategy_with_metrics_that_match_the_answers(in_proc
     assert all(PIRATE not in row["results"]["zero-shot"]["answer"] for row in report["questions"])
 
     assert "Exact match" in report["_stdout"] and "adapter:pirate" in report["_stdout"]
+    assert report["_markdown"].startswith("| metric | zero-shot | rag | few-shot | adapter:pirate |")
     page = report["_html"]
     assert page.count("<svg") == 11 and "adapter:pirate" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
