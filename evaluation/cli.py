@@ -69,6 +69,7 @@ def run_eval(
     from evaluation import report as reports
     from evaluation.qa import read_qa, select
     from evaluation.runner import InProcess, Remote, Request, Strategy, run
+    from ragtune.errors import UsageError
 
     settings = settings_for(index_dir)
     if adapters_dir is not None:
@@ -80,6 +81,8 @@ def run_eval(
     demonstrations = demonstrations or settings.fewshot.file
     names = strategy or ["zero-shot", "rag", *(["few-shot"] if demonstrations else [])]
     strategies = list({s.name: s for s in map(Strategy.parse, names)}.values())
+    if any(s.fewshot for s in strategies) and not url and not demonstrations:
+        raise UsageError("the few-shot strategy needs demonstrations: --demonstrations FILE (QA JSONL) or setting fewshot.file")
     request = Request(top_k=top_k, max_tokens=max_tokens, fewshot_k=fewshot_k or settings.fewshot.k or 3, seed=seed)
 
     gold = None

@@ -224,11 +224,6 @@ def test_eval_against_a_running_service_gives_the_same_answers(tmp_path, squad_s
     assert remote["questions"][0]["gold_doc_ids"] is None  # a gold context needs --index-dir to be matched
 
 
-def test_eval_refuses_an_unknown_strategy(squad_slice):
-    done = run_ragtune("eval", "run", str(squad_slice), "-s", "rag+fewshot")
-    assert done.returncode == 2 and "unknown strategy 'rag+fewshot'" in done.stderr
-
-
 @pytest.mark.slow
 def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, squad_slice, squad_index, in_process_report):
     """The vLLM backend (tests/vllm_protocol_server.py: vLLM's HTTP protocol over the same
@@ -249,3 +244,14 @@ def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, sq
         assert there["results"]["rag"]["answer"] == here["results"]["rag"]["answer"]
         assert there["results"]["rag"]["prompt_tokens"] == here["results"]["rag"]["prompt_tokens"]
         assert there["gold_doc_ids"] == ["squad.jsonl#Normans-0"]
+
+
+def test_eval_says_what_is_missing_before_loading_anything(tmp_path, squad_slice):
+    done = run_ragtune("eval", "run", str(squad_slice), "-s", "rag+fewshot")
+    assert done.returncode == 2 and "unknown strategy 'rag+fewshot'" in done.stderr
+    done = run_ragtune("eval", "run", str(squad_slice), "-s", "few-shot")
+    assert done.returncode == 2 and "few-shot strategy needs demonstrations" in done.stderr
+    done = run_ragtune("eval", "run", str(tmp_path / "nope.jsonl"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    done = run_ragtune("eval", "run", str(squad_slice), "--url", f"http://127.0.0.1:{free_port()}", "-s", "rag")
+    assert done.returncode == 1 and "cannot reach the service at http://127.0.0.1:" in done.stderr
