@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -233,10 +234,12 @@ class LocalGenerator:
         if name in self._adapters:  # a new version under the same name replaces the old one
             self._unload(name)
         started = time.perf_counter()
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
-        else:
-            self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        with warnings.catch_warnings():  # PEFT calls transformers APIs transformers marks deprecated
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+            else:
+                self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
         self._peft.eval()
         self._adapters[name] = path
         self._served = tuple(self._adapters)
