@@ -102,17 +102,11 @@ def run_eval(
         task = progress.add_task("answering", total=len(items) * len(strategies))
         result = run(answerer, items, strategies, gold, settings.prompt.decline_answer,
                      lambda name: progress.update(task, advance=1, description=name))
-    answerable = sum(q.answerable for q in items)
-    dataset = {"path": str(qa_file), "format": qa.format, "questions": len(items), "answerable": answerable,
-               "unanswerable": len(items) - answerable, "bad_lines": len(qa.bad),
-               "selection": {"sample": sample, "limit": limit, "seed": seed}}
     setup = {**answerer.describe(), "max_tokens": max_tokens, "temperature": 0, "seed": seed,
              "top_k": top_k or settings.retrieval.top_k, "fewshot_k": request.fewshot_k,
-             "demonstrations": str(demonstrations) if demonstrations else None,
-             "gold_documents_known": sum(bool(r["gold_doc_ids"]) for r in result.rows)}
-    report = reports.build(result, dataset, setup, k=top_k or settings.retrieval.top_k)
-    reports.write_json(report, out_dir / "report.json")
-    reports.write_html(report, out_dir / "report.html")
-    (out_dir / "report.md").write_text(reports.markdown(report))
+             "demonstrations": str(demonstrations) if demonstrations else None}
+    report = reports.build(result, qa, {"sample": sample, "limit": limit, "seed": seed}, setup,
+                           k=top_k or settings.retrieval.top_k)
+    paths = reports.write(report, out_dir)
     out.print(reports.table(report))
-    out.print(f"report: {out_dir / 'report.json'}, chart: {out_dir / 'report.html'}, table: {out_dir / 'report.md'}")
+    out.print(", ".join(f"{what}: {path}" for what, path in paths.items()))

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from evaluation.metrics import summarize
+from evaluation.qa import QASet
 from evaluation.runner import Run
 
 # (key in the summary, label, higher is better, shown as a percentage)
@@ -29,18 +30,26 @@ METRICS = [
 COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"]
 
 
-def build(run: Run, dataset: dict, setup: dict, k: int) -> dict:
+def build(run: Run, qa: QASet, selection: dict, setup: dict, k: int) -> dict:
+    answerable = sum(q.answerable for q in run.items)
     return {
-        "dataset": dataset,
-        "setup": {**setup, "recall_k": k, "index_versions": sorted(run.index_versions)},
+        "dataset": {"path": str(qa.path), "format": qa.format, "questions": len(run.items), "answerable": answerable,
+                    "unanswerable": len(run.items) - answerable, "bad_lines": len(qa.bad), "selection": selection},
+        "setup": {**setup, "recall_k": k, "index_versions": sorted(run.index_versions),
+                  "gold_documents_known": sum(bool(r["gold_doc_ids"]) for r in run.rows)},
         "strategies": {name: asdict(summarize(outcomes, k)) for name, outcomes in run.outcomes.items()},
         "questions": run.rows,
     }
 
 
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+def write(report: dict, out_dir: Path) -> dict[str, Path]:
+    """report.json (everything, each answer included), report.html (the chart), report.md (the table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"report": out_dir / "report.json", "chart": out_dir / "report.html", "table": out_dir / "report.md"}
+    paths["report"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_html(report, paths["chart"])
+    paths["table"].write_text(markdown(report))
+    return paths
 
 
 def _cell(value, percent: bool) -> str:
@@ -95,7 +104,7 @@ def _panel(key: str, label: str, higher: bool, percent: bool, strategies: dict, 
 
 
 def write_html(report: dict, path: Path) -> None:
-    """A page with no outside requests: the chart is inline SVG, the style inline CSS."""
+    """A page that makes no outside requests: the chart is inline SVG, the style inline CSS."""
     data, setup = report["dataset"], report["setup"]
     k = setup["recall_k"]
     panels = "".join(
@@ -127,5 +136,4 @@ svg text {{ font-family: system-ui, sans-serif; }}
 <ul>{facts}</ul>
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)

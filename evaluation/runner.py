@@ -104,6 +104,7 @@ class InProcess:
         from service.pipeline import build_pipeline
 
         self.settings, self.request = settings, request
+        self.adapters: dict[str, str] = {}  # name -> registry version evaluated
         self.embedder = load_embedder(settings.embedding)
         self.generator = create_generator(settings.generation)
         self.pipeline = build_pipeline(settings, self.embedder, self.generator)
@@ -117,7 +118,7 @@ class InProcess:
         generation = self.settings.generation
         where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
         return {"mode": "in-process", "backend": generation.backend, "model": self.generator.model_name,
-                "backend_at": where, "index": str(self.settings.index.dir)}
+                "backend_at": where, "index": str(self.settings.index.dir), "adapters": self.adapters}
 
     async def start(self, strategies: list[Strategy]) -> None:
         if not await self.generator.ready():
@@ -131,7 +132,9 @@ class InProcess:
             registry = Registry(self.settings.adapters, self.settings.generation.model)
             # Published adapters stay loaded (a shared vLLM keeps serving them); the ones under
             # evaluation are loaded whether published or not: evaluate first, publish after.
-            desired = {**registry.published(), **{name: registry.get(name).path for name in wanted}}
+            chosen = {name: registry.get(name) for name in wanted}
+            self.adapters = {name: info.version for name, info in chosen.items()}
+            desired = {**registry.published(), **{name: info.path for name, info in chosen.items()}}
             report = await self.generator.sync_adapters(desired)
             failed = {name: report.failed_for(name) for name in wanted if report.failed_for(name)}
             if failed:
