@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -98,10 +99,19 @@ def run_eval(
             answerer = InProcess(settings, request, demonstrations)
             gold = answerer.gold_index()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    total = len(items) * len(strategies)
     with Progress(*columns, console=err) as progress:
-        task = progress.add_task("answering", total=len(items) * len(strategies))
-        result = run(answerer, items, strategies, gold, settings.prompt.decline_answer,
-                     lambda name: progress.update(task, advance=1, description=name))
+        task = progress.add_task("answering", total=total)
+        logged = {"at": time.monotonic(), "started": time.monotonic(), "done": 0}
+
+        def advance(name: str) -> None:
+            progress.update(task, advance=1, description=name)
+            logged["done"] += 1
+            if not err.is_terminal and (time.monotonic() - logged["at"] > 60 or logged["done"] == total):
+                logged["at"] = time.monotonic()  # a log file gets a line a minute instead of a bar
+                err.print(f"{name}: {logged['done']}/{total} answers in {logged['at'] - logged['started']:.0f} s")
+
+        result = run(answerer, items, strategies, gold, settings.prompt.decline_answer, advance)
     setup = {**answerer.describe(), "max_tokens": max_tokens, "temperature": 0, "seed": seed,
              "top_k": top_k or settings.retrieval.top_k, "fewshot_k": request.fewshot_k,
              "demonstrations": str(demonstrations) if demonstrations else None}
