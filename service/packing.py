@@ -177,8 +177,10 @@ class Packer:
         chosen: list[Passage] = []
         used = 0
         candidates = self._merge(hits, ledger)
+        counts = self.generator.count_text_tokens([self._format(p, 99) + "\n\n" for p in candidates])  # one batch
+        for passage, tokens in zip(candidates, counts, strict=True):
+            passage.tokens = tokens
         for index, passage in enumerate(candidates):
-            passage.tokens = self.generator.count_text_tokens([self._format(passage, 99) + "\n\n"])[0]
             if used + passage.tokens <= ledger.budget or self._trim(passage, ledger.budget - used):
                 chosen.append(passage)
                 used += passage.tokens
