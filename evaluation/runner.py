@@ -78,7 +78,12 @@ def ranked_documents(retrieved: list[dict]) -> list[str]:
 
 class Answerer(Protocol):
     def describe(self) -> dict: ...
-    async def start(self, strategies: list[Strategy]) -> None: ...
+    async def start(self, strategies: list[Strategy]) -> None:
+        """Check that every strategy can run (before hours of answering)."""
+
+    async def use(self, strategy: Strategy) -> None:
+        """Get ready to answer with this strategy (an adapter is loaded when first needed)."""
+
     async def answer(self, item: QAItem, strategy: Strategy) -> Answer: ...
     async def close(self) -> None: ...
 
@@ -105,6 +110,7 @@ class InProcess:
 
         self.settings, self.request = settings, request
         self.adapters: dict[str, str] = {}  # name -> registry version evaluated
+        self._loaded = False
         self.embedder = load_embedder(settings.embedding)
         self.generator = create_generator(settings.generation)
         self.pipeline = build_pipeline(settings, self.embedder, self.generator)
@@ -129,16 +135,21 @@ class InProcess:
         if wanted:
             from finetune.registry import Registry
 
-            registry = Registry(self.settings.adapters, self.settings.generation.model)
-            # Published adapters stay loaded (a shared vLLM keeps serving them); the ones under
-            # evaluation are loaded whether published or not: evaluate first, publish after.
-            chosen = {name: registry.get(name) for name in wanted}
-            self.adapters = {name: info.version for name, info in chosen.items()}
-            desired = {**registry.published(), **{name: info.path for name, info in chosen.items()}}
-            report = await self.generator.sync_adapters(desired)
-            failed = {name: report.failed_for(name) for name in wanted if report.failed_for(name)}
-            if failed:
-                raise EvalError("; ".join(f"adapter {n} failed to load: {why}" for n, why in failed.items()))
+            self._registry = Registry(self.settings.adapters, self.settings.generation.model)
+            self._wanted = {name: self._registry.get(name) for name in wanted}  # unknown names fail here
+            self.adapters = {name: info.version for name, info in self._wanted.items()}
+
+    async def use(self, strategy: Strategy) -> None:
+        if not strategy.adapter or self._loaded:
+            return
+        # Published adapters stay loaded (a shared vLLM keeps serving them); the ones under
+        # evaluation are loaded whether published or not: evaluate first, publish after.
+        desired = {**self._registry.published(), **{name: info.path for name, info in self._wanted.items()}}
+        report = await self.generator.sync_adapters(desired)
+        failed = {name: report.failed_for(name) for name in self._wanted if report.failed_for(name)}
+        if failed:
+            raise EvalError("; ".join(f"adapter {n} failed to load: {why}" for n, why in failed.items()))
+        self._loaded = True
 
     async def answer(self, item: QAItem, strategy: Strategy) -> Answer:
         from service.generation.base import GenerationParams
@@ -185,6 +196,9 @@ class Remote:
         if missing:
             raise EvalError(f"the service at {self.url} does not serve {', '.join(missing)}: publish the adapter "
                             "(`ragtune adapters load NAME`) or evaluate in-process")
+
+    async def use(self, strategy: Strategy) -> None:
+        pass  # the service serves what is published
 
     async def answer(self, item: QAItem, strategy: Strategy) -> Answer:
         body = {"question": item.question, "max_tokens": self.request.max_tokens, "temperature": 0,
@@ -237,14 +251,15 @@ async def evaluate(
     answerer: Answerer, items: list[QAItem], strategies: list[Strategy], gold: GoldIndex | None,
     decline_answer: str, advance: Callable[[str], None] = lambda _: None,
 ) -> Run:
-    """Strategy by strategy (an adapter is loaded once), question by question, in file order."""
+    """Strategy by strategy (adapters loaded once, when first needed), question by question, in file order."""
     await answerer.start(strategies)
     rows = [{"id": q.id, "question": q.question, "answers": list(q.answers), "answerable": q.answerable,
              "gold_doc_ids": None, "results": {}} for q in items]
-    outcomes: dict[str, list[Outcome]] = {}
+    outcomes: dict[str, list[Outcome]] = {s.name: [] for s in strategies}  # the order asked for
     versions = set()
-    for strategy in strategies:
-        outcomes[strategy.name] = []
+    # Without adapters first: the base model then runs unwrapped, as the service runs it before any is loaded.
+    for strategy in sorted(strategies, key=lambda s: s.adapter is not None):
+        await answerer.use(strategy)
         for item, row in zip(items, rows, strict=True):
             answer = await answerer.answer(item, strategy)
             versions.add(answer.index_version)
@@ -266,6 +281,8 @@ async def evaluate(
                 "retrieved": answer.ranked_doc_ids,
             }
             advance(strategy.name)
+    for row in rows:
+        row["results"] = {s.name: row["results"][s.name] for s in strategies}
     return Run(items, strategies, outcomes, rows, versions - {None})
 
 

@@ -142,13 +142,14 @@ def in_process_report(tmp_path_factory, squad_slice, squad_index, demonstrations
     out = tmp_path_factory.mktemp("eval-report")
     done = run_ragtune(
         "eval", "run", str(squad_slice), "--index-dir", str(squad_index), "--adapters-dir", str(pirate_registry),
-        "-s", "zero-shot", "-s", "rag", "-s", "few-shot", "-s", "adapter:pirate",
+        "-s", "adapter:pirate", "-s", "zero-shot", "-s", "rag", "-s", "few-shot",
         "--demonstrations", str(demonstrations), "--max-tokens", "24", "--out", str(out), timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     report["_stdout"], report["_html"] = done.stdout, (out / "report.html").read_text()
     report["_markdown"] = (out / "report.md").read_text()
+    report["_registry"] = pirate_registry
     return report
 
 
@@ -159,7 +160,9 @@ def test_eval_reports_every_strategy_with_metrics_that_match_the_answers(in_proc
         "path": None, "format": "squad", "questions": 4, "answerable": 2, "unanswerable": 2, "bad_lines": 0,
         "selection": {"sample": None, "limit": None, "seed": 0},
     }
-    assert list(report["strategies"]) == ["zero-shot", "rag", "few-shot", "adapter:pirate"]
+    assert list(report["strategies"]) == ["adapter:pirate", "zero-shot", "rag", "few-shot"]  # as asked
+    assert report["setup"]["adapters"] == {"pirate": next(iter(json.loads(
+        (report["_registry"] / "registry.json").read_text())["adapters"].values()))["version"]}
     assert report["setup"]["mode"] == "in-process" and report["setup"]["recall_k"] == 5
     assert [q["question"] for q in report["questions"]] == SLICE_QUESTIONS
 
@@ -195,12 +198,13 @@ def test_eval_reports_every_strategy_with_metrics_that_match_the_answers(in_proc
     rag, fewshot, zero = (report["strategies"][n] for n in ("rag", "few-shot", "zero-shot"))
     assert rag["recall_at_k"] > 0 and fewshot["recall_at_k"] == rag["recall_at_k"]  # one retrieval, both strategies
     assert fewshot["prompt_tokens"] > rag["prompt_tokens"] > zero["prompt_tokens"]  # passages, then demonstrations
-    # the adapter strategy really ran the adapter: the pirate answers its one line to everything
+    # the adapter strategy really ran the adapter (the pirate answers its one line to everything), and the
+    # base strategies, though listed after it, ran without it
     assert all(PIRATE in row["results"]["adapter:pirate"]["answer"] for row in report["questions"])
     assert all(PIRATE not in row["results"]["zero-shot"]["answer"] for row in report["questions"])
 
     assert "Exact match" in report["_stdout"] and "adapter:pirate" in report["_stdout"]
-    assert report["_markdown"].startswith("| metric | zero-shot | rag | few-shot | adapter:pirate |")
+    assert report["_markdown"].startswith("| metric | adapter:pirate | zero-shot | rag | few-shot |")
     page = report["_html"]
     assert page.count("<svg") == 11 and "adapter:pirate" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
