@@ -1,8 +1,9 @@
 """Answer and retrieval metrics, as pure functions.
 
-Answer scoring follows the SQuAD evaluation script: text is lower-cased, punctuation and
-the articles a/an/the are removed and whitespace collapsed before comparing; exact match
-and token F1 take the best over the acceptable answers. An unanswerable question is
+Answer scoring follows the SQuAD evaluation script: citation markers ([1], [2, 3]) are
+removed (the system prompt asks for them; they are not part of the answer), then text is
+lower-cased, punctuation and the articles a/an/the are removed and whitespace collapsed;
+exact match and token F1 take the best over the acceptable answers. An unanswerable question is
 answered correctly by declining (SQuAD 2.0 counts an empty answer; a chat model says so
 in words, so declining is recognised by phrase).
 """
@@ -17,6 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_CITATION = re.compile(r"\[\d+(?:\s*[,-]\s*\d+)*\]")
 _PUNCTUATION = set(string.punctuation)
 DECLINE_PATTERNS = (
     "i do not know", "i don't know", "i dont know", "do not contain", "does not contain", "don't contain",
@@ -26,6 +28,7 @@ DECLINE_PATTERNS = (
 
 
 def normalize(text: str) -> str:
+    text = _CITATION.sub(" ", text)  # "Rollo [1]" is the answer "Rollo" with its source, as the prompt asks
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 

@@ -14,6 +14,8 @@ DECLINE = "I do not know: the passages do not say."
 def test_normalisation_is_squads():
     assert normalize("The  Normans, in 10th-century France!") == "normans in 10thcentury france"
     assert normalize("An apple a day") == "apple day"
+    assert normalize("Rollo [1]") == normalize("Rollo [1, 3]") == normalize("Rollo [2-4].") == "rollo"  # citations go
+    assert normalize("the 1 [sic] in [1a]") == "1 sic in 1a"  # brackets that are not citations stay
 
 
 @pytest.mark.parametrize("prediction, golds, em, f1", [
@@ -23,6 +25,8 @@ def test_normalisation_is_squads():
     ("in France", ["France"], 0.0, 2 / 3),  # precision 1/2, recall 1: F1 = 2/3
     ("10th and 11th centuries", ["10th century"], 0.0, 2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2)),  # 1 of 4, 1 of 2
     ("Paris", ["London"], 0.0, 0.0),
+    ("William the Conqueror [1]", ["William the Conqueror"], 1.0, 1.0),  # the asked-for citation is no error
+    ("in France [2]", ["France"], 0.0, 2 / 3),
 ])
 def test_exact_match_and_f1(prediction, golds, em, f1):
     assert exact_match(prediction, golds) == em
