@@ -61,7 +61,10 @@ class GoldIndex:
 
     def resolve(self, item: QAItem) -> frozenset[str] | None:
         """The gold documents' ids in this index; None when the question names no gold document."""
-        named = frozenset(d for d in self.doc_ids if doc_matches(d, item.doc_id)) if item.doc_id else frozenset()
-        if named or not item.context:
-            return named if item.doc_id else None
-        return self.by_context(item.context)  # no doc_id, or one this index does not have
+        if item.doc_id:
+            named = frozenset(d for d in self.doc_ids if doc_matches(d, item.doc_id))
+            if named or not item.context:
+                return named
+        if item.context:  # no doc_id, or one this index does not have
+            return self.by_context(item.context)
+        return None

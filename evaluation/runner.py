@@ -28,6 +28,8 @@ from evaluation.metrics import Outcome, answer_score, declines, exact_match, tok
 from evaluation.qa import QAItem
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings
+from service.generation.base import GenerationParams
+from service.protocol import RetrievalOptions
 
 STRATEGY_HELP = "zero-shot, rag, few-shot, adapter:<name>, rag+adapter:<name>"
 
@@ -152,9 +154,6 @@ class InProcess:
         self._loaded = True
 
     async def answer(self, item: QAItem, strategy: Strategy) -> Answer:
-        from service.generation.base import GenerationParams
-        from service.protocol import RetrievalOptions
-
         started = time.perf_counter()
         options = RetrievalOptions(**self.request.retrieval(strategy))
         prepared = await self.pipeline.prepare_async(item.question, [], options, self.request.max_tokens)
