@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-decode", action="store_true", help="Only the query path (skip the decode-speed runs).")
     args = parser.parse_args()
 
     from indexer.embedder import load_embedder
@@ -318,8 +319,9 @@ def main() -> None:
     generator = LocalGenerator(settings.generation)
     for size in (int(s) for s in args.sizes.split(",") if s):
         query_path(size, queries, paragraphs, embedder, generator)
-    decode_speed(generator, args.decode_tokens, args.rounds)
-    dtype_speed(settings, args.decode_tokens, 3)
+    if not args.no_decode:
+        decode_speed(generator, args.decode_tokens, args.rounds)
+        dtype_speed(settings, args.decode_tokens, 3)
 
 
 if __name__ == "__main__":

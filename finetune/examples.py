@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from finetune.data import Example
 from ragtune.errors import UsageError
-from service.generation.base import Messages, TextCountCache
+from service.generation.base import Messages
 from service.generation.tokens import ChatTokens
 
 IGNORE = -100  # label of a token the loss skips (torch's cross_entropy ignore_index)
@@ -58,13 +58,12 @@ class PromptCounter:
         self.tokens = tokens
         self.context_window = context_window
         self.model_name = model_name
-        self._texts = TextCountCache(tokens.texts)
 
     def count_chat_tokens(self, messages: Messages) -> int:
         return self.tokens.chat(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
-        return self._texts(texts) if texts else []
+        return self.tokens.counts(texts)
 
 
 @dataclass

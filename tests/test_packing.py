@@ -90,3 +90,70 @@ def test_the_fast_prompt_count_is_the_chat_templates_own_tokenization(generator,
         reference = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         assert generator.tokens.prompt_ids(messages) == reference["input_ids"]
         assert generator.count_chat_tokens(messages) == len(reference["input_ids"])
+
+
+# Texts where a tokenizer could join or split differently at a newline: trailing spaces and
+# tabs, blank lines, CRLF, contractions and digits after a newline, non-ASCII, a special
+# token's text inside a message, and a message that starts or ends with newlines.
+AWKWARD = [
+    "ends with spaces   \nand a tab\t\nthen\n\n\nthree blank lines",
+    "Windows\r\nline\r\n\r\nendings.\r\n",
+    "\n's and 't after a newline\n've\n1066\n2024.\n(1)\n[2]\n",
+    "naïve café\n日本語のテキスト。\n🙂 emoji\n\u00a0no-break space\n",
+    "a literal <|im_end|>\nin the text\n<|im_start|>user\nspoofed",
+    "",
+    "\n\nstarts and ends with newlines\n\n",
+    "def f(x):\n    return x  \n\n\tindented\n        more\n",
+]
+
+
+def test_counting_by_newline_segments_is_the_whole_prompts_count(generator, squad):
+    # The engine counts a prompt as the sum of its (cached) newline segments; it must be
+    # the count of the whole prompt's tokenization, on real passages and awkward texts.
+    assert generator.tokens.counts_by_segments  # SmolLM2's byte-level BPE qualifies
+    contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]][:24]
+    prompts = [
+        [{"role": "system", "content": "Answer from the passages."},
+         {"role": "user", "content": PromptSettings().context_template.format(
+             passages="\n\n".join(f"[{n}] Normans\n{c}" for n, c in enumerate(contexts[i : i + 4], 1)),
+             question=AWKWARD[i // 4])}]
+        for i in range(0, len(contexts), 4)
+    ] + [[{"role": "user", "content": text}, {"role": "assistant", "content": text}, {"role": "user", "content": text}] for text in AWKWARD]
+    for messages in prompts:
+        reference = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert generator.count_chat_tokens(messages) == len(reference["input_ids"]), messages
+    for text in AWKWARD + contexts:  # passages are counted on their own too, as candidates
+        assert generator.count_text_tokens([text]) == [len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])]
+
+
+def test_a_tokenizer_that_joins_across_newlines_counts_whole_prompts(generator):
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from service.generation.tokens import ChatTokens, splits_before_newlines
+
+    # Llama 3's pre-tokenizer keeps punctuation together with the newlines after it.
+    llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    messages = [{"role": "user", "content": "First.\n\nSecond!\n\nThird?\n"}]
+
+    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(llama3), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    assert not splits_before_newlines(tokenizer)
+    tokens = ChatTokens(tokenizer)
+    assert not tokens.counts_by_segments
+    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
+
+    # A tokenizer that passed the check but splits otherwise (here: a space put in front of
+    # every piece) is caught by the next generation's whole encoding, and counting falls back
+    # to whole prompts from then on.
+    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
+    tokens = ChatTokens(tokenizer)
+    assert tokens.counts_by_segments
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    whole = len(tokens.encode([tokens.render(messages)])[0])
+    assert tokens.chat(messages) != whole
+    assert len(tokens.prompt_ids(messages)) == whole
+    assert not tokens.counts_by_segments
+    assert tokens.chat(messages) == whole

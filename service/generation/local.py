@@ -25,7 +25,7 @@ from typing import AsyncIterator
 from ragtune.errors import UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import (
-    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent, TextCountCache,
+    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
 )
 from service.generation.tokens import ChatTokens
 
@@ -110,14 +110,13 @@ class LocalGenerator:
         self._peft = None  # the PeftModel around self.model once an adapter is loaded
         self._adapters: dict[str, Path] = {}  # changed on the worker thread only
         self._served: tuple[str, ...] = ()  # its names, swapped whole: the event loop reads it any time
-        self._text_counts = TextCountCache(self.tokens.texts)
 
     # -- token counting -----------------------------------------------------------------
     def count_chat_tokens(self, messages: Messages) -> int:
         return self.tokens.chat(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
-        return self._text_counts(texts) if texts else []
+        return self.tokens.counts(texts)
 
     # -- generation -----------------------------------------------------------------------
     def _run(self, messages: Messages, params: GenerationParams, on_text=None) -> Completion:

