@@ -51,22 +51,30 @@ def percentiles(samples_s: list[float]) -> str:
     return f"p50 {statistics.median(ms):7.2f} ms   p99 {p99:7.2f} ms"
 
 
-def interleaved(fns: dict, items, warmup: int = 10) -> dict[str, list[float]]:
+def interleaved(groups: list[dict], items, warmup: int = 10, block: int = 20) -> dict[str, list[float]]:
     """Latency of each function on each item, taken in turn (order rotated per item).
 
     Measuring one way after another lets drift in machine load bias the comparison; in
-    turn, every way sees the same load, and none always runs right after another.
+    turn, every way sees the same load, and none always runs right after another. Ways are
+    grouped by the process whose caches they use (this one; the service's): groups take
+    turns by blocks of `block` items, so a request to the service does not always follow
+    this process's own model runs, which evict the service's weights from the CPU caches
+    (a service answering its own stream of requests does not pay that).
     """
-    names = list(fns)
+    fns = {name: fn for group in groups for name, fn in group.items()}
     for item in items[:warmup]:
-        for name in names:
-            fns[name](item)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for i, item in enumerate(items):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            started = time.perf_counter()
-            fns[name](item)
-            samples[name].append(time.perf_counter() - started)
+        for fn in fns.values():
+            fn(item)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for start in range(0, len(items), block):
+        turn = start // block
+        for group in groups[turn % len(groups):] + groups[: turn % len(groups)]:
+            names = list(group)
+            for i, item in enumerate(items[start : start + block], start):
+                for name in names[i % len(names):] + names[: i % len(names)]:
+                    started = time.perf_counter()
+                    group[name](item)
+                    samples[name].append(time.perf_counter() - started)
     return samples
 
 
@@ -206,11 +214,11 @@ def query_path(size: int, queries: list[str], paragraphs, embedder, real_generat
             def ask(hybrid_on: bool):
                 return lambda q: client.post("/ask", json={"question": q, "filters": {"hybrid": hybrid_on}}).raise_for_status()
 
-            runs = interleaved({
-                "direct": lambda q: snapshot.index.search(embedder.embed([q]), top_k),
-                "dense": pipeline(False), "hybrid": pipeline(True), "http_dense": ask(False), "http_hybrid": ask(True),
-                "http_floor": lambda q: client.get("/health").raise_for_status(),
-            }, queries)
+            runs = interleaved([
+                {"direct": lambda q: snapshot.index.search(embedder.embed([q]), top_k),
+                 "dense": pipeline(False), "hybrid": pipeline(True)},
+                {"http_dense": ask(False), "http_hybrid": ask(True), "http_floor": lambda q: client.get("/health").raise_for_status()},
+            ], queries)
         server.terminate()
         server.join()
         print(f"  direct embed + FAISS           {percentiles(runs['direct'])}")

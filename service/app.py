@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,14 +27,6 @@ from service.protocol import (
     AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
     model_list,
 )
-
-
-async def _pipeline(request: Request) -> RagPipeline:  # async: a sync dependency costs a thread hop
-    return request.app.state.pipeline
-
-
-# Module level: FastAPI resolves (string) annotations against the module's globals.
-Pipeline = Annotated[RagPipeline, Depends(_pipeline)]
 
 
 def create_app(settings: Settings, generator: Generator | None = None, embedder=None) -> FastAPI:
@@ -75,11 +67,11 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             )
         logging.getLogger("ragtune.service").warning("no client API keys set: the API is open (development)")
 
-    async def client_key(request: Request) -> None:
-        if service.api_keys:
-            require_key(request, service.api_keys, "one of service.api_keys")
+    async def client_key(request: Request) -> None:  # async: a sync dependency costs a thread hop
+        require_key(request, service.api_keys, "one of service.api_keys")
 
-    Client = [Depends(client_key)]
+    # No dependency at all for an open service: FastAPI solves each one on every request.
+    Client = [Depends(client_key)] if service.api_keys else []
     metrics = Metrics()
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -105,7 +97,8 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready(rag: Pipeline) -> JSONResponse:
+    async def ready() -> JSONResponse:
+        rag = app.state.pipeline
         checks: dict[str, str] = {}
         try:
             checks["index"] = (await asyncio.to_thread(rag.retriever.snapshot)).version_id
@@ -120,11 +113,12 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/v1/models", dependencies=Client)
-    async def models(rag: Pipeline) -> dict:
-        return model_list(rag.generator.models())
+    async def models() -> dict:
+        return model_list(app.state.pipeline.generator.models())
 
     @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}}, dependencies=Client)
-    async def ask(body: AskRequest, rag: Pipeline):
+    async def ask(body: AskRequest):
+        rag: RagPipeline = app.state.pipeline  # set by the lifespan; no dependency to solve per request
         check_question(body.question)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
@@ -141,7 +135,8 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         ))
 
     @app.post("/v1/chat/completions", response_model=None, dependencies=Client)
-    async def chat(body: ChatCompletionRequest, rag: Pipeline):
+    async def chat(body: ChatCompletionRequest):
+        rag: RagPipeline = app.state.pipeline
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
         system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None

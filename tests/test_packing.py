@@ -157,3 +157,31 @@ def test_a_tokenizer_that_joins_across_newlines_counts_whole_prompts(generator):
     assert len(tokens.prompt_ids(messages)) == whole
     assert not tokens.counts_by_segments
     assert tokens.chat(messages) == whole
+
+
+def test_a_template_that_changes_the_content_is_run_for_every_prompt(generator):
+    from transformers import AutoTokenizer
+
+    from service.generation.tokens import ChatTokens
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Who ruled Normandy?  \n"}]
+    tokens = ChatTokens(AutoTokenizer.from_pretrained(generator.model_dir))
+    assert tokens.fills_last_content  # SmolLM2's template puts the content in as is
+    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
+
+    trimming = AutoTokenizer.from_pretrained(generator.model_dir)
+    trimming.chat_template = trimming.chat_template.replace("message['content']", "message['content'] | trim")
+    tokens = ChatTokens(trimming)
+    assert not tokens.fills_last_content
+    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
+
+    # A template that changes after the probes is caught by the next generation's own run of it.
+    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
+    tokens = ChatTokens(tokenizer)
+    tokens.chat(messages)  # the head's skeleton is cached
+    tokenizer.chat_template = trimming.chat_template
+    whole = len(tokens.encode([tokens.render(messages)])[0])
+    assert tokens.chat(messages) != whole
+    assert len(tokens.prompt_ids(messages)) == whole
+    assert not tokens.fills_last_content
+    assert tokens.chat(messages) == whole
