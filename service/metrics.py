@@ -40,20 +40,11 @@ class Metrics:
             registry=self.registry,
         )
 
-        self._children: dict[tuple, object] = {}  # labelled series by (metric, labels): labels() costs a lock and a hash
-
-    def child(self, metric, *labels: str):
-        key = (metric._name, *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
     def observe_answer(self, timings_ms: dict[str, float], completion: Completion) -> None:
         for stage, ms in timings_ms.items():
-            self.child(self.stages, stage).observe(ms / 1000)
-        self.child(self.tokens, "prompt", completion.model).inc(completion.prompt_tokens)
-        self.child(self.tokens, "completion", completion.model).inc(completion.completion_tokens)
+            self.stages.labels(stage).observe(ms / 1000)
+        self.tokens.labels("prompt", completion.model).inc(completion.prompt_tokens)
+        self.tokens.labels("completion", completion.model).inc(completion.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -77,13 +68,13 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self.metrics.child(self.metrics.latency, _route(scope)).observe(time.perf_counter() - started)
+                self.metrics.latency.labels(_route(scope)).observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_observe)
         finally:
-            self.metrics.child(self.metrics.requests, _route(scope), scope["method"], str(status)).inc()
+            self.metrics.requests.labels(_route(scope), scope["method"], str(status)).inc()
 
 
 def _route(scope: Scope) -> str:
