@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,8 +17,13 @@ from ragtune.settings import IndexSettings
 log = logging.getLogger("ragtune.index")
 
 
-@dataclass(frozen=True)
-class ChunkRecord:
+class ChunkRecord(NamedTuple):
+    """One chunk as stored, with its source's path and its document's title and metadata.
+
+    A named tuple, not a frozen dataclass: every answer decodes several, after the question's
+    embedding has left the CPU caches cold, and a frozen dataclass's __init__ costs 4x as
+    much (one object.__setattr__ per field)."""
+
     id: int
     doc_id: str
     source_id: str
@@ -30,7 +36,11 @@ class ChunkRecord:
     token_count: int
     content_hash: str
     title: str | None
-    metadata: dict
+    metadata_json: str  # the document's metadata, decoded only when asked for (the request path never is)
+
+    @property
+    def metadata(self) -> dict:
+        return json.loads(self.metadata_json)
 
 
 _CHUNK_QUERY = """
@@ -81,8 +91,13 @@ class IndexSnapshot:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
+        rows = {r[0]: r for r in self._tuples(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
         return [_record(rows[i]) for i in ids if i in rows]
+
+    def _tuples(self, sql: str, args: list) -> sqlite3.Cursor:
+        cursor = self._db.cursor()
+        cursor.row_factory = None  # plain tuples, cheaper than sqlite3.Row; chunk rows are read by position
+        return cursor.execute(sql, args)
 
     def chunk_ids(self, where: str, args: list) -> list[int]:
         """Ids of the chunks matching an SQL condition over chunks c, sources s, documents d."""
@@ -91,7 +106,7 @@ class IndexSnapshot:
 
     def all_chunks(self) -> list[ChunkRecord]:
         """Every chunk, in id order (= vector id order)."""
-        return [_record(row) for row in self._db.execute(f"{_CHUNK_QUERY} ORDER BY c.id")]
+        return [_record(row) for row in self._tuples(f"{_CHUNK_QUERY} ORDER BY c.id", [])]
 
     def sources(self) -> list[dict]:
         query = """
@@ -127,8 +142,6 @@ class IndexSnapshot:
 
 
 def _record(row) -> ChunkRecord:
-    return ChunkRecord(
-        id=row[0], doc_id=row[1], source_id=row[2], source_path=row[3], position=row[4], text=row[5],
-        headings=tuple(json.loads(row[6])), context=row[7], page=row[8], token_count=row[9],
-        content_hash=row[10], title=row[11], metadata=json.loads(row[12]),
-    )
+    # columns in field order (_CHUNK_QUERY); headings as a tuple
+    headings = () if row[6] == "[]" else tuple(json.loads(row[6]))
+    return ChunkRecord(row[0], row[1], row[2], row[3], row[4], row[5], headings, *row[7:])

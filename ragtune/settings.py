@@ -262,6 +262,11 @@ class ServiceSettings(BaseModel):
     reload_check_seconds: float = Field(
         2.0, ge=0, description="How often the service looks for a new index version (0: every request)."
     )
+    prepare_threads: int = Field(
+        2, ge=1, le=64,
+        description="Threads that embed, search and pack requests off the event loop. Each one drives torch's "
+        "intra-op threads over all cores, so more than a few only queue for the same cores.",
+    )
     admin_api_key: SecretStr | None = Field(
         None,
         description="Bearer token for the /admin endpoints (adapter publishing). Unset: they answer 403.",

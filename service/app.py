@@ -56,6 +56,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             yield
         finally:
             reconciler.cancel()
+            app.state.pipeline.offload.close()
             await generator.close()
 
     service = settings.service

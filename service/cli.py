@@ -64,6 +64,7 @@ def ask(
             prepared = await rag.prepare_async(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
             return prepared, await rag.complete(prepared, params)
         finally:
+            rag.offload.close()
             await generator.close()
 
     prepared, completion = asyncio.run(answer())

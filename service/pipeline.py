@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -12,6 +11,7 @@ from ragtune.settings import Settings
 from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
 from service.fewshot import Demonstrations
 from service.metrics import Metrics
+from service.offload import Offload
 from service.packing import Ledger, Packer, Passage
 from service.protocol import Citation, RetrievalOptions, Usage
 from service.retrieval import Filters, Retriever
@@ -61,6 +61,7 @@ class RagPipeline:
         self.generator = generator
         self.packer = Packer(settings.prompt, generator)
         self.demonstrations = demonstrations
+        self.offload = Offload(settings.service.prepare_threads)
 
     def check_model(self, model: str | None) -> str | None:
         """None for the base model; the adapter name otherwise. Unknown names are refused."""
@@ -105,7 +106,7 @@ class RagPipeline:
         return self.demonstrations.nearest(question, vector, k)
 
     async def prepare_async(self, *args, **kwargs) -> Prepared:
-        return await asyncio.to_thread(self.prepare, *args, **kwargs)
+        return await self.offload.run(self.prepare, *args, **kwargs)
 
     async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
         started = time.perf_counter()
