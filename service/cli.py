@@ -20,9 +20,9 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port [default: setting service.port].")] = None,
 ) -> None:
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
-    from ragtune.runtime import passive_openmp_threads
+    from ragtune.runtime import serving_thread_policy
 
-    passive_openmp_threads()  # before service.app imports torch and faiss
+    serving_thread_policy()  # before service.app imports torch and faiss
     import uvicorn
 
     from service.app import create_app

@@ -83,6 +83,9 @@ def test_retrieval_can_be_turned_off_per_request(client):
         ({"question": 42}, 400, "question"),
         ({"question": "hi", "top_k": "many"}, 400, "top_k"),
         ({"question": "hi", "model": "nope"}, 404, "does not exist"),
+        ({}, 400, "question: Field required"),
+        ("[1, 2]", 400, "body: Input should be an object"),
+        ({"question": "hi", "topk": 3}, 400, "topk: Extra inputs are not permitted"),
     ],
 )
 def test_bad_ask_requests_get_a_4xx_that_says_what_to_fix(server, body, status, fragment):
@@ -91,6 +94,27 @@ def test_bad_ask_requests_get_a_4xx_that_says_what_to_fix(server, body, status, 
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"model": BASE_MODEL, "messages": []}, "messages"), ({"model": BASE_MODEL, "messages": [{"role": "user"}], "n": 2}, "n")],
+)
+def test_bad_chat_requests_name_the_parameter(server, body, param):
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_openapi_describes_the_request_bodies(server):
+    schema = httpx.get(f"{server}/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, model, field in (("/ask", "AskRequest", "question"), ("/v1/chat/completions", "ChatCompletionRequest", "messages")):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{model}"}
+        assert field in components[model]["required"]
+    refs = {ref for ref in json.dumps(schema).split('"$ref": "')[1:]}
+    assert all(ref.split('"')[0].rsplit("/", 1)[1] in components for ref in refs)
 
 
 def test_ask_returns_answer_citations_and_a_ledger_that_adds_up(server):
