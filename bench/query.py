@@ -144,20 +144,22 @@ def build_index(directory: Path, size: int, paragraphs: list[dict], embedder, se
         writer.commit()
 
 
-def _serve_zero_cost(index_dir: str, port: int) -> None:
-    """The service in its own process (as deployed), on the given index, with a zero-cost backend."""
-    import uvicorn
-
+def _serve_zero_cost(index_dir: str, port: int, log: str) -> None:
+    """The service in its own process, on the given index, with a zero-cost backend, served as
+    `ragtune serve` serves it (its log, an access line per request, goes to a file)."""
     from indexer.embedder import load_embedder
     from ragtune.settings import get_settings
-    from service.app import create_app
+    from service.app import create_app, run_server
     from service.generation.local import LocalGenerator
 
+    with open(log, "ab") as sink:  # uvicorn logs to stderr, its access lines to stdout
+        os.dup2(sink.fileno(), sys.stdout.fileno())
+        os.dup2(sink.fileno(), sys.stderr.fileno())
     settings = get_settings()
     settings.index.dir = Path(index_dir)
     zero = ZeroCostGenerator(LocalGenerator(settings.generation))
     app = create_app(settings, generator=zero, embedder=load_embedder(settings.embedding))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    run_server(app, settings.service, "127.0.0.1", port)
 
 
 def serve(index_dir: Path):
@@ -168,7 +170,8 @@ def serve(index_dir: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    child = multiprocessing.get_context("spawn").Process(target=_serve_zero_cost, args=(str(index_dir), port), daemon=True)
+    log = index_dir.parent / "service.log"
+    child = multiprocessing.get_context("spawn").Process(target=_serve_zero_cost, args=(str(index_dir), port, str(log)), daemon=True)
     child.start()
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -176,6 +179,8 @@ def serve(index_dir: Path):
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 return url, child
         except httpx.HTTPError:
+            if not child.is_alive():
+                raise SystemExit(f"the service did not start; its log:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
 
 

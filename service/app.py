@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from ragtune.errors import RagtuneError, UsageError
-from ragtune.settings import Settings
+from ragtune.settings import ServiceSettings, Settings
 from finetune.registry import Registry
 from service import admin, errors
 from service.adapters import AdapterSync
@@ -171,6 +171,13 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
 
     app.openapi = openapi
     return app
+
+
+def run_server(app: FastAPI, service: ServiceSettings, host: str | None = None, port: int | None = None) -> None:
+    """Serve `app` with uvicorn as `ragtune serve` does (bench/query.py serves the same way)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host or service.host, port=port or service.port, log_level="info", access_log=service.access_log)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -23,17 +23,10 @@ def serve(
     from ragtune.runtime import serving_thread_policy
 
     serving_thread_policy()  # before service.app imports torch and faiss
-    import uvicorn
-
-    from service.app import create_app
+    from service.app import create_app, run_server
 
     settings = settings_for(index_dir)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.service.host,
-        port=port or settings.service.port,
-        log_level="info",
-    )
+    run_server(create_app(settings), settings.service, host, port)
 
 
 def ask(
