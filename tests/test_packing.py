@@ -104,7 +104,21 @@ AWKWARD = [
     "",
     "\n\nstarts and ends with newlines\n\n",
     "def f(x):\n    return x  \n\n\tindented\n        more\n",
+    # runs of newlines before text, cut before their last newline
+    "Passages:\n\n\n\nQuestion: after four newlines?",
+    "x\n\n\n\n\n\n1066 digits\n\n's\n\n\n-dash\n\n😀\n\n\n日本\n\n<|im_end|>\n\n\n",
+    "x\n\n\u00a0no-break\n\n\u3000ideographic\n\n\u2028line separator\n\n\x0cform feed\n\n\x1cfile sep",
+    "\n\n\n\nstarts with a run\n\r\n\nmixed\r\n\r\nruns",
 ]
+
+
+def test_a_question_is_one_piece_with_or_without_passages_before_it():
+    from service.generation.tokens import newline_segments
+
+    question = "\nQuestion: Who ruled?<|im_end|>"
+    assert newline_segments("Passages:\n\n[1] T\nText.\n\nQuestion: Who ruled?<|im_end|>")[-1] == question
+    assert newline_segments("Passages:\n\n\n\nQuestion: Who ruled?<|im_end|>")[-1] == question
+    assert newline_segments("a.\n\n<|im_end|>", ("<|im_end|>",)) == ["a.", "\n\n<|im_end|>"]  # an added token ends the run
 
 
 def test_counting_by_newline_segments_is_the_whole_prompts_count(generator, squad):

@@ -15,17 +15,24 @@ from service.generation.base import Messages, TextCountCache
 log = logging.getLogger("ragtune.generation")
 
 
-def newline_segments(text: str) -> list[str]:
-    """`text` cut before every newline that follows a non-space character.
+def newline_segments(text: str, specials: tuple[str, ...] = ()) -> list[str]:
+    """`text` cut before every newline that follows a non-space character, and before the last
+    newline of a run of two or more that a non-space character follows (unless it begins one
+    of `specials`, the tokenizer's added tokens, which end the text the pre-tokenizer sees).
 
-    "a.\n\n[1] T\nbody" -> ["a.", "\n\n[1] T", "\nbody"]: each piece starts with its
-    newlines and ends on a non-space character (but the last).
+    "a.\n\n[1] T\nbody" -> ["a.", "\n", "\n[1] T", "\nbody"]: each piece but the first ends
+    on a non-space character (but the last), and the text after a blank line starts a piece
+    of its own however many newlines come before it. A question after "\n\n" or after
+    "\n\n\n\n" (no passages) is then one piece, counted once.
     """
     lines = text.split("\n")
     pieces, current = [], lines[0]
     for line in lines[1:]:
         if current and not current[-1].isspace():
             pieces.append(current)
+            current = "\n" + line
+        elif line and not line[0].isspace() and current and not current.strip("\n") and not line.startswith(specials):
+            pieces.append(current)  # a run of newlines only, before text: cut before its last newline
             current = "\n" + line
         else:
             current += "\n" + line
@@ -40,7 +47,10 @@ def splits_before_newlines(tokenizer) -> bool:
     pre-tokens are either all whitespace or an optional space and non-space characters, so
     none spans a non-space character followed by a newline; BPE merges stay inside
     pre-tokens; and its regex looks no further ahead than the next character, which for a
-    whitespace run ending at a cut is the non-space one in both the piece and the whole. The
+    whitespace run ending at a cut is the non-space one in both the piece and the whole. A
+    run of newlines before a non-space character is two pre-tokens, all but its last newline
+    (`\s+(?!\S)`) and that newline (`\s+`), so a cut between them is one too: the first piece
+    ends with `\s+(?!\S)` matching up to a space in the whole and up to the end alone. The
     rest must not reach across either: no normalizer, no prefix space added to each piece,
     no BPE dropout, and no special token that strips whitespace or holds a newline.
     Llama 3's and Qwen's pre-tokenizers join punctuation with the newlines after it, so
@@ -97,6 +107,7 @@ class ChatTokens:
         self._lock = threading.Lock()
         self._counts = TextCountCache(self.texts)  # any text's own count: whole texts or segments alike
         self.counts_by_segments = splits_before_newlines(tokenizer)
+        self._specials = tuple(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
         self._skeletons: OrderedDict[tuple, str] = OrderedDict()
         self.fills_last_content = self._fills_last_content()
 
@@ -183,7 +194,7 @@ class ChatTokens:
         """Token counts of texts on their own, cached."""
         if not self.counts_by_segments:
             return self._counts(texts)
-        pieces = [newline_segments(t) for t in texts]
+        pieces = [newline_segments(t, self._specials) for t in texts]
         counted = iter(self._counts([p for each in pieces for p in each]))  # one batch for what is new
         return [sum(next(counted) for _ in each) for each in pieces]
 
