@@ -188,8 +188,8 @@ class MinimalClient:
     """One kept-alive HTTP/1.1 connection that writes each request in one send and reads the
     response by its Content-Length: the lightest instrument to time the service with. Clients
     cost time of their own that is not the service's: on this machine the standard library's
-    http.client spends ~0.4 ms per request parsing headers (the email package), httpx ~0.7 ms;
-    the "via http.client" line shows the first, for reference."""
+    http.client spends 0.1 ms (GET /health) to 0.4 ms (POST /ask) per request parsing headers
+    (the email package), httpx ~0.7 ms; the "via http.client" line shows the first."""
 
     def __init__(self, url: str):
         from urllib.parse import urlsplit
