@@ -146,7 +146,7 @@ def build_index(directory: Path, size: int, paragraphs: list[dict], embedder, se
 
 def _serve_zero_cost(index_dir: str, port: int, log: str) -> None:
     """The service in its own process, on the given index, with a zero-cost backend, served as
-    `ragtune serve` serves it (its log, an access line per request, goes to a file)."""
+    `ragtune serve` serves it, with the same settings (its log goes to a file)."""
     from indexer.embedder import load_embedder
     from ragtune.settings import get_settings
     from service.app import create_app, run_server

@@ -36,7 +36,7 @@ class ChunkRecord(NamedTuple):
     token_count: int
     content_hash: str
     title: str | None
-    metadata_json: str  # the document's metadata, decoded only when asked for (the request path never is)
+    metadata_json: str  # the document's metadata, decoded only when read (the request path never reads it)
 
     @property
     def metadata(self) -> dict:

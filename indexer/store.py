@@ -150,7 +150,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     # Read pages straight from the mapped file, not copied into SQLite's own 2 MB page cache:
-    # ~25 us less per answer's chunk fetch (address space only; the OS shares the pages).
+    # ~25 µs less per answer's chunk fetch (address space only; the OS shares the pages).
     conn.execute(f"PRAGMA mmap_size={1 << 30}")
     return conn
 
