@@ -164,11 +164,16 @@ class Trainer:
         state = {"step": 0, "losses": [], "tokens": 0, "seconds": 0.0}
         resumed_from = self._resume(run_dir, model, optimizer, scheduler, state)
         micro = self._micro_batches(train_set, state["step"])
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
+        # A terminal gets a live bar; a log (a Job, CI, a pipe) gets a plain line every ~5% of the run,
+        # where a bar would only be drawn once, at the end.
+        log_every = max(1, total // 20) if progress and not console.is_terminal else 0
         columns = (TextColumn(f"training {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                    TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with Progress(*columns, console=console, disable=not progress or bool(log_every), transient=False) as bar:
             task = bar.add_task("train", total=total, completed=state["step"], loss="-", tps="-")
             model.train()
             while state["step"] < total:
@@ -189,8 +194,10 @@ class Trainer:
                 state["losses"].append(loss_sum / targets)
                 state["tokens"] += seen
                 state["seconds"] += time.perf_counter() - step_started
-                bar.update(task, completed=state["step"], loss=f"{state['losses'][-1]:.3f}",
-                           tps=f"{state['tokens'] / max(state['seconds'], 1e-9):,.0f}")
+                loss_text, tps = f"{state['losses'][-1]:.3f}", f"{state['tokens'] / max(state['seconds'], 1e-9):,.0f}"
+                bar.update(task, completed=state["step"], loss=loss_text, tps=tps)
+                if log_every and (state["step"] % log_every == 0 or state["step"] == total):
+                    console.print(f"training {name}: step {state['step']}/{total}, loss {loss_text}, {tps} tok/s", highlight=False)
                 if state["step"] % self.config.save_every == 0 or state["step"] == total:
                     self._checkpoint(run_dir, model, optimizer, scheduler, state)
 

@@ -111,6 +111,7 @@ def pirate_registry(tmp_path_factory, pirate_data) -> Path:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained pirate: 12 steps" in done.stdout and "not published" in done.stdout
+    assert "training pirate: step 6/12" in done.stderr and "step 12/12" in done.stderr  # progress, as lines in a log
     return registry
 
 
