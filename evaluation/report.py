@@ -55,7 +55,11 @@ def write(report: dict, out_dir: Path) -> dict[str, Path]:
 def _cell(value, percent: bool) -> str:
     if value is None:
         return "–"
-    return f"{value * 100:.1f}%" if percent else (f"{value:.3f}" if value < 10 else f"{value:,.0f}")
+    if percent:
+        return f"{value * 100:.1f}%"
+    if value <= 1:  # a ratio (MRR)
+        return f"{value:.3f}"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"  # means of tokens, milliseconds
 
 
 def table(report: dict) -> Table:
