@@ -97,6 +97,8 @@ class Summary:
     questions: int
     exact_match: float | None
     f1: float | None
+    exact_match_answerable: float | None  # SQuAD 2.0's HasAns_exact: on answerable questions only
+    f1_answerable: float | None  # HasAns_f1 (NoAns_exact is decline_rate)
     contains: float | None
     decline_rate: float | None  # on unanswerable questions: higher is better
     false_decline_rate: float | None  # on answerable questions: lower is better
@@ -134,6 +136,8 @@ def summarize(outcomes: list[Outcome], k: int) -> Summary:
         questions=len(outcomes),
         exact_match=_mean([answer_score(o, exact_match) for o in outcomes]),
         f1=_mean([answer_score(o, token_f1) for o in outcomes]),
+        exact_match_answerable=_mean([exact_match(o.answer, o.golds) for o in answerable]),
+        f1_answerable=_mean([token_f1(o.answer, o.golds) for o in answerable]),
         contains=_mean([contains_gold(o.answer, o.golds) for o in answerable]),
         decline_rate=_mean([float(o.declined) for o in unanswerable]),
         false_decline_rate=_mean([float(o.declined) for o in answerable]),

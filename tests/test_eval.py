@@ -185,6 +185,8 @@ def test_eval_reports_every_strategy_with_metrics_that_match_the_answers(in_proc
         assert summary["questions"] == 4
         assert summary["exact_match"] == pytest.approx(sum(r["exact_match"] for r in results) / 4)
         assert summary["f1"] == pytest.approx(sum(r["f1"] for r in results) / 4, abs=1e-4)
+        assert summary["exact_match_answerable"] == pytest.approx(sum(r["exact_match"] for r in results[:2]) / 2)
+        assert summary["f1_answerable"] == pytest.approx(sum(r["f1"] for r in results[:2]) / 2, abs=1e-4)
         assert summary["decline_rate"] == pytest.approx(sum(r["declined"] for r in results[2:]) / 2)
         assert summary["false_decline_rate"] == pytest.approx(sum(r["declined"] for r in results[:2]) / 2)
         assert summary["prompt_tokens"] == pytest.approx(sum(r["prompt_tokens"] for r in results) / 4)

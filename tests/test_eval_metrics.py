@@ -65,6 +65,8 @@ def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable()
     assert summary.questions == 4
     assert summary.exact_match == pytest.approx((1 + 0 + 0 + 1) / 4)
     assert summary.f1 == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+    assert summary.exact_match_answerable == pytest.approx(1 / 3)  # SQuAD 2.0's HasAns split
+    assert summary.f1_answerable == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert summary.contains == pytest.approx(2 / 3)
     assert summary.decline_rate == 1.0 and summary.false_decline_rate == pytest.approx(1 / 3)
     assert summary.recall_at_k == pytest.approx(2 / 3) and summary.mrr == pytest.approx((1 + 0.5 + 0) / 3)
