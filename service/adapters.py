@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from finetune.registry import Registry
 from service.generation.base import AdapterSyncReport, Generator
@@ -28,14 +29,25 @@ class AdapterSync:
 
     async def sync(self) -> AdapterSyncReport:
         async with self._lock:
-            self._stamp = self.registry.stamp()
-            desired = await asyncio.to_thread(self.registry.published)
-            report = await self.generator.sync_adapters(desired)
-            changed = report.loaded or report.unloaded
-            if changed or (report.failed and report.failed != (self.last.failed if self.last else None)):
-                log.warning("adapters reconciled: %s", report.as_dict())  # once per change, not every round
-            self.last = report
-            return report
+            return await self._reconcile()
+
+    async def apply(self, change: Callable[[], object]) -> AdapterSyncReport:
+        """Change the registry (`change` runs on a worker thread) and reconcile, with no other
+        reconcile in between: the report is this change's, even when the periodic round
+        notices the registry change first."""
+        async with self._lock:
+            await asyncio.to_thread(change)
+            return await self._reconcile()
+
+    async def _reconcile(self) -> AdapterSyncReport:
+        self._stamp = self.registry.stamp()
+        desired = await asyncio.to_thread(self.registry.published)
+        report = await self.generator.sync_adapters(desired)
+        changed = report.loaded or report.unloaded
+        if changed or (report.failed and report.failed != (self.last.failed if self.last else None)):
+            log.warning("adapters reconciled: %s", report.as_dict())  # once per change, not every round
+        self.last = report
+        return report
 
     async def run(self) -> None:
         while True:

@@ -7,7 +7,7 @@ so the answer says whether every replica now serves the change.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Request
 
@@ -34,8 +34,8 @@ def router(settings: ServiceSettings) -> APIRouter:
 
     api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
 
-    async def changed(sync: AdapterSync, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
-        report = await sync.sync()
+    async def changed(sync: AdapterSync, change: Callable[[], object] | None, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
+        report = await (sync.apply(change) if change else sync.sync())
         body = {"sync": report.as_dict(), "models": sync.generator.models()}
         if name is not None:
             body["adapter"] = (await asyncio.to_thread(sync.registry.get, name)).as_dict()
@@ -49,28 +49,24 @@ def router(settings: ServiceSettings) -> APIRouter:
 
     @api.post("/adapters/{name}/load")
     async def load(name: str, sync: Sync) -> dict:
-        await asyncio.to_thread(sync.registry.set_published, name, True)
-        body, report = await changed(sync, name)
+        body, report = await changed(sync, lambda: sync.registry.set_published(name, True), name)
         failed = report.failed_for(name)
         if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
-            await asyncio.to_thread(sync.registry.set_published, name, False)
-            await sync.sync()
+            await sync.apply(lambda: sync.registry.set_published(name, False))
             raise BackendError(f"adapter {name!r} could not be loaded and stays unpublished: " + "; ".join(
                 f"{where}: {why}" for where, why in failed.items()))
         return body
 
     @api.post("/adapters/{name}/unload")
     async def unload(name: str, sync: Sync) -> dict:
-        await asyncio.to_thread(sync.registry.set_published, name, False)
-        return (await changed(sync, name))[0]
+        return (await changed(sync, lambda: sync.registry.set_published(name, False), name))[0]
 
     @api.delete("/adapters/{name}")
     async def delete(name: str, sync: Sync) -> dict:
-        await asyncio.to_thread(sync.registry.delete, name)
-        return (await changed(sync))[0]
+        return (await changed(sync, lambda: sync.registry.delete(name)))[0]
 
     @api.post("/adapters/sync")
     async def resync(sync: Sync) -> dict:
-        return (await changed(sync))[0]
+        return (await changed(sync, None))[0]
 
     return api

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,35 @@ def test_an_invalid_adapter_is_not_half_published(tmp_path):
     with pytest.raises(AdapterInvalid, match="served model"):
         registry.add("wrong-base", fake_adapter(tmp_path / "a", base_model_name_or_path="other/model"))
     assert registry.list() == [] and not (tmp_path / "reg" / "wrong-base").exists()
+
+
+def test_an_admin_change_gets_its_own_reconcile_even_when_the_periodic_one_sees_it_first(tmp_path):
+    from service.adapters import AdapterSync
+    from service.generation.base import AdapterSyncReport
+
+    registry = Registry(AdapterSettings(dir=tmp_path / "reg"), BASE)
+    registry.add("support-v1", fake_adapter(tmp_path / "a"))
+    registry.set_published("support-v1", True)
+
+    class Backend:  # records what it is asked to serve (the subject here is AdapterSync's ordering)
+        served: dict = {}
+
+        async def sync_adapters(self, desired):
+            report = AdapterSyncReport([n for n in desired if n not in self.served], [n for n in self.served if n not in desired])
+            self.served = dict(desired)
+            return report
+
+    def withdraw():
+        registry.set_published("support-v1", False)
+        time.sleep(0.1)  # meanwhile the periodic round wakes up and sees the registry changed
+
+    async def main():
+        sync = AdapterSync(registry, Backend(), interval=0.005, poll_backend=False)
+        assert (await sync.sync()).loaded == ["support-v1"]
+        rounds = asyncio.create_task(sync.run())
+        try:
+            return await sync.apply(withdraw)
+        finally:
+            rounds.cancel()
+
+    assert asyncio.run(main()).unloaded == ["support-v1"]  # the admin's answer says what its change did
