@@ -74,7 +74,7 @@ def table(report: dict) -> Table:
         out.add_column(name, justify="right")
     for key, label, _, percent in METRICS:
         label = label.replace("@k", f"@{report['setup']['recall_k']}")
-        out.add_row(label, *(_cell(s.get(key), percent) for s in report["strategies"].values()))
+        out.add_row(label, *(_cell(s[key], percent) for s in report["strategies"].values()))
     return out
 
 
@@ -84,13 +84,13 @@ def markdown(report: dict) -> str:
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key, label, _, percent in METRICS:
         label = label.replace("@k", f"@{report['setup']['recall_k']}")
-        lines.append(f"| {label} | " + " | ".join(_cell(s.get(key), percent) for s in report["strategies"].values()) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell(s[key], percent) for s in report["strategies"].values()) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _panel(key: str, label: str, higher: bool, percent: bool, strategies: dict, width: int = 440) -> str:
     """One metric as horizontal bars, one per strategy, as inline SVG."""
-    values = [(name, s.get(key)) for name, s in strategies.items()]
+    values = [(name, s[key]) for name, s in strategies.items()]
     top = 1.0 if percent else max([v for _, v in values if v is not None] + [1e-9])
     bar_h, gap, left, right = 22, 8, 175, 70
     height = 34 + len(values) * (bar_h + gap)
@@ -119,7 +119,7 @@ def write_html(report: dict, path: Path) -> None:
     )
     rows = "".join(
         f"<tr><th>{html.escape(label.replace('@k', f'@{k}'))}</th>"
-        + "".join(f"<td>{_cell(s.get(key), percent)}</td>" for s in report["strategies"].values()) + "</tr>"
+        + "".join(f"<td>{_cell(s[key], percent)}</td>" for s in report["strategies"].values()) + "</tr>"
         for key, label, _, percent in METRICS
     )
     heads = "".join(f"<th>{html.escape(n)}</th>" for n in report["strategies"])
