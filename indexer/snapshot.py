@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -91,13 +90,8 @@ class IndexSnapshot:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = {r[0]: r for r in self._tuples(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
+        rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
         return [_record(rows[i]) for i in ids if i in rows]
-
-    def _tuples(self, sql: str, args: list) -> sqlite3.Cursor:
-        cursor = self._db.cursor()
-        cursor.row_factory = None  # plain tuples, cheaper than sqlite3.Row; chunk rows are read by position
-        return cursor.execute(sql, args)
 
     def chunk_ids(self, where: str, args: list) -> list[int]:
         """Ids of the chunks matching an SQL condition over chunks c, sources s, documents d."""
@@ -106,7 +100,7 @@ class IndexSnapshot:
 
     def all_chunks(self) -> list[ChunkRecord]:
         """Every chunk, in id order (= vector id order)."""
-        return [_record(row) for row in self._tuples(f"{_CHUNK_QUERY} ORDER BY c.id", [])]
+        return [_record(row) for row in self._db.execute(f"{_CHUNK_QUERY} ORDER BY c.id")]
 
     def sources(self) -> list[dict]:
         query = """
@@ -114,10 +108,12 @@ class IndexSnapshot:
                    (SELECT COUNT(*) FROM documents d WHERE d.source_id = s.source_id) AS documents,
                    (SELECT COUNT(*) FROM chunks c WHERE c.source_id = s.source_id) AS chunks
             FROM sources s ORDER BY s.path"""
-        return [
-            {**dict(row), "warnings": json.loads(row["warnings"])}
-            for row in self._db.execute(query)
-        ]
+        cursor = self._db.execute(query)
+        names = [column[0] for column in cursor.description]
+        sources = [dict(zip(names, row)) for row in cursor]
+        for source in sources:
+            source["warnings"] = json.loads(source["warnings"])
+        return sources
 
     def stats(self) -> dict:
         tokens = self._db.execute("SELECT COALESCE(SUM(token_count), 0), COALESCE(MAX(token_count), 0) FROM chunks").fetchone()
