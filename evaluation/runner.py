@@ -137,7 +137,10 @@ class InProcess:
         if wanted:
             from finetune.registry import Registry
 
-            self._registry = Registry(self.settings.adapters, self.settings.generation.model)
+            self._registry = Registry(
+                self.settings.adapters, self.settings.generation.model,
+                self.settings.adapters.resolved_base_dir(self.settings.generation),
+            )
             self._wanted = {name: self._registry.get(name) for name in wanted}  # unknown names fail here
             self.adapters = {name: info.version for name, info in self._wanted.items()}
 

@@ -34,7 +34,7 @@ def _registry(adapters_dir: Path | None):
     from finetune.registry import Registry
 
     settings = _settings(adapters_dir=adapters_dir)
-    return Registry(settings.adapters, settings.generation.model)
+    return Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
 
 
 @finetune_app.command()
@@ -92,6 +92,19 @@ def list_adapters(adapters_dir: AdaptersDir = None) -> None:
         loss = ((a.metadata or {}).get("metrics") or {}).get("validation_loss")
         table.add_row(a.name, "yes" if a.published else "no", a.version, str(a.rank), f"{loss:.3f}" if loss is not None else "-", str(a.path))
     out.print(table)
+
+
+@adapters_app.command()
+def add(
+    directory: Annotated[Path, typer.Argument(help="A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors), from ragtune or elsewhere (PEFT, Axolotl, Unsloth).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Adapter name (letters, digits, . _ -); what requests put in `model`.")],
+    publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Publish it at once.")] = False,
+    adapters_dir: AdaptersDir = None,
+) -> None:
+    """Import an adapter trained elsewhere: checked (config, tensor names and shapes against the base model) and copied in as a new version."""
+    adapter = _registry(adapters_dir).add(name, directory, publish)
+    state = "published" if adapter.published else f"not published: ragtune adapters load {adapter.name}"
+    out.print(f"added {adapter.name} version {adapter.version} (rank {adapter.rank}) at {adapter.path} ({state})")
 
 
 @adapters_app.command()

@@ -23,19 +23,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragtune.errors import RagtuneError, UsageError
-from ragtune.settings import VLLM_LORA_RANKS, AdapterSettings
+from finetune.adapter_check import ADAPTER_FILES, AdapterInvalid, validate_adapter
+from ragtune.errors import RagtuneError
+from ragtune.settings import AdapterSettings
 
 FORMAT = 1
 STATE_FILE = "registry.json"
 METADATA_FILE = "ragtune_adapter.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # matched whole (fullmatch): no trailing newline
 KEEP_VERSIONS = 2  # the previous one stays while replicas switch to the new one
-
-
-class AdapterInvalid(UsageError):
-    """A directory that is not a LoRA adapter this deployment can serve."""
 
 
 class AdapterNotFound(RagtuneError):
@@ -61,7 +57,7 @@ class AdapterInfo:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name or "") or ".." in name:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise AdapterInvalid(
             f"adapter name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
@@ -69,48 +65,20 @@ def check_name(name: str) -> str:
     return name
 
 
-def validate_adapter(path: Path, base_model: str, max_rank: int) -> dict:
-    """The adapter's config, if vLLM (and the embedded engine) can load it; else AdapterInvalid naming the problem."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterInvalid(f"{path} is not a directory")
-    missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
-    if missing:
-        raise AdapterInvalid(f"{path} is not a LoRA adapter: {', '.join(missing)} missing")
-    try:
-        config = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise AdapterInvalid(f"{path}/adapter_config.json is not readable JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise AdapterInvalid(f"{path}/adapter_config.json is not a JSON object")
-    if config.get("peft_type") != "LORA":
-        raise AdapterInvalid(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters can be served")
-    rank = config.get("r")
-    if rank not in VLLM_LORA_RANKS:
-        raise AdapterInvalid(f"{path}: rank {rank!r} is not one vLLM accepts ({VLLM_LORA_RANKS})")
-    if rank > max_rank:
-        raise AdapterInvalid(f"{path}: rank {rank} is above adapters.max_rank {max_rank} (vLLM's --max-lora-rank)")
-    if config.get("bias", "none") != "none":
-        raise AdapterInvalid(f"{path}: bias is {config.get('bias')!r}; vLLM serves only bias 'none'")
-    if config.get("modules_to_save"):
-        raise AdapterInvalid(f"{path}: modules_to_save {config['modules_to_save']} cannot be served by vLLM; retrain without")
-    if config.get("use_dora"):
-        raise AdapterInvalid(f"{path}: DoRA adapters cannot be served by vLLM")
-    if (path / "added_tokens.json").exists() or config.get("trainable_token_indices"):
-        raise AdapterInvalid(f"{path}: the adapter adds or trains tokens; vLLM serves adapters without added tokens")
-    if config.get("base_model_name_or_path") != base_model:
-        raise AdapterInvalid(
-            f"{path}: trained for base model {config.get('base_model_name_or_path')!r}, but the served model is "
-            f"{base_model!r}"
-        )
-    return config
+__all__ = ["ADAPTER_FILES", "AdapterInvalid", "AdapterNotFound", "Registry", "check_name", "validate_adapter"]
 
 
 class Registry:
-    def __init__(self, settings: AdapterSettings, base_model: str):
+    """`base_dir`: the base model's directory, where known, to check adapters' layers and shapes against."""
+
+    def __init__(self, settings: AdapterSettings, base_model: str, base_dir: Path | None = None):
         self.root = Path(settings.dir)
         self.settings = settings
         self.base_model = base_model
+        self.base_dir = base_dir
+
+    def validate(self, path: Path) -> dict:
+        return validate_adapter(path, self.base_model, self.settings.max_rank, self.base_dir)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -194,12 +162,14 @@ class Registry:
         """Copy a validated adapter in as the newest version of `name`. `publish=None` keeps the
         published state, so retraining a published adapter updates what is served."""
         check_name(name)
-        validate_adapter(source, self.base_model, self.settings.max_rank)
+        self.validate(source)
         version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         target = self.version_path(name, version)
         staging = target.with_name(f".{version}.tmp")
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("README.md", "checkpoint*"))
+        staging.mkdir(parents=True)
+        for file in (*ADAPTER_FILES, METADATA_FILE):  # what was validated, nothing else (no symlinks followed)
+            if (Path(source) / file).is_file() and not (Path(source) / file).is_symlink():
+                shutil.copyfile(Path(source) / file, staging / file)
         staging.rename(target)  # a version directory is whole or absent
         with self._locked() as state:
             previous = state["adapters"].get(name, {})
@@ -218,7 +188,7 @@ class Registry:
             if entry is None:
                 raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
             if published:  # refuse to publish what cannot be served (the files may have changed since)
-                validate_adapter(self.version_path(name, entry["version"]), self.base_model, self.settings.max_rank)
+                self.validate(self.version_path(name, entry["version"]))
             entry.update(published=published, updated=_now())
             self._write(state)
         return self.get(name)

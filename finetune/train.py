@@ -92,7 +92,9 @@ class Trainer:
     def __init__(self, settings: Settings, registry: Registry | None = None):
         self.settings = settings
         self.config = settings.finetune
-        self.registry = registry or Registry(settings.adapters, settings.generation.model)
+        self.registry = registry or Registry(
+            settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation)
+        )
 
     # -- data -------------------------------------------------------------------------
     def sequences(self, data: TrainingData, tokens, retrieval: bool, embedder=None):

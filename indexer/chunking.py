@@ -19,6 +19,27 @@ from ragtune.settings import ChunkingSettings
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 MAX_CONTEXT_TOKENS = 48  # heading context beyond this is cut: it is a hint, not content
+# The tokenizer's time grows faster than linearly with the length of one input, so a sentence
+# longer than this is cut (at a space, where there is one) before it is tokenized: a 50 MB
+# line costs what 50 MB of ordinary text does.
+SEGMENT_CHARS = 2000
+# Text the tokenizer reads as few tokens but many characters (a long run without spaces is one
+# [UNK]) counts this many characters a token when chunks are filled, so no chunk grows huge.
+MAX_CHARS_PER_TOKEN = 12
+
+
+def _segments(sentence: str) -> list[str]:
+    if len(sentence) <= SEGMENT_CHARS:
+        return [sentence]
+    pieces, start = [], 0
+    while start < len(sentence):
+        end = start + SEGMENT_CHARS
+        if end < len(sentence):
+            space = sentence.rfind(" ", start + SEGMENT_CHARS // 2, end)
+            end = space if space > 0 else end
+        pieces.append(sentence[start:end].strip())
+        start = end
+    return [p for p in pieces if p]
 
 
 class Tokenizer(Protocol):
@@ -46,6 +67,15 @@ class _Unit:
     tokens: int
     joiner: str  # "\n\n" before the first sentence of a block, " " otherwise
     page: int | None
+
+    @property
+    def weight(self) -> int:
+        """Its size when chunks are filled: tokens, or characters / MAX_CHARS_PER_TOKEN if more."""
+        return max(self.tokens, len(self.text) // MAX_CHARS_PER_TOKEN)
+
+
+def _by_chars(text: str, size: int) -> list[str]:
+    return [p for p in (text[i : i + size].strip() for i in range(0, len(text), size)) if p]
 
 
 class Chunker:
@@ -92,16 +122,18 @@ class Chunker:
     def _units(self, blocks: Sequence[Block], limit: int) -> list[_Unit]:
         sentences: list[tuple[str, str, int | None]] = []
         for block in blocks:
-            for i, sentence in enumerate(s for s in _SENTENCE_END.split(block.text) if s.strip()):
-                sentences.append((sentence.strip(), "\n\n" if i == 0 else " ", block.page))
+            pieces = (p for s in _SENTENCE_END.split(block.text) if s.strip() for p in _segments(s.strip()))
+            for i, sentence in enumerate(pieces):
+                sentences.append((sentence, "\n\n" if i == 0 else " ", block.page))
         counts = self._count([s for s, _, _ in sentences])
         units: list[_Unit] = []
         for (text, joiner, page), tokens in zip(sentences, counts):
-            if tokens <= limit:
+            if _Unit(text, tokens, joiner, page).weight <= limit:
                 units.append(_Unit(text, tokens, joiner, page))
                 continue
-            for i, piece in enumerate(self._split_by_tokens(text, limit)):
-                units.append(_Unit(piece, self._count([piece])[0], joiner if i == 0 else " ", page))
+            pieces = self._split_by_tokens(text, limit) if tokens > limit else _by_chars(text, limit * MAX_CHARS_PER_TOKEN)
+            for i, (piece, count) in enumerate(zip(pieces, self._count(pieces))):
+                units.append(_Unit(piece, count, joiner if i == 0 else " ", page))
         return units
 
     def _pack(self, units: list[_Unit], limit: int) -> list[list[_Unit]]:
@@ -109,20 +141,20 @@ class Chunker:
         current: list[_Unit] = []
         size = 0
         for unit in units:
-            if current and size + unit.tokens > limit:
+            if current and size + unit.weight > limit:
                 groups.append(current)
                 carry: list[_Unit] = []
                 carried = 0
                 for previous in reversed(current):
-                    if carried + previous.tokens > self.overlap:
+                    if carried + previous.weight > self.overlap:
                         break
                     carry.insert(0, previous)
-                    carried += previous.tokens
-                while carry and carried + unit.tokens > limit:
-                    carried -= carry.pop(0).tokens
+                    carried += previous.weight
+                while carry and carried + unit.weight > limit:
+                    carried -= carry.pop(0).weight
                 current, size = carry, carried
             current.append(unit)
-            size += unit.tokens
+            size += unit.weight
         if current:
             groups.append(current)
         return groups

@@ -164,7 +164,12 @@ class Ingestor:
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             report.skipped.append((shown, f"unsupported file type {path.suffix or '(none)'!r}"))
             return None
+        limit = self.settings.index.max_file_bytes
         try:
+            size = path.stat().st_size
+            if size > limit:
+                report.skipped.append((shown, f"{size:,} bytes, over the limit of {limit:,} (setting index.max_file_bytes)"))
+                return None
             data = path.read_bytes()
         except OSError as exc:
             report.skipped.append((shown, f"unreadable: {exc.strerror or exc}"))

@@ -276,14 +276,29 @@ SUPPORTED_SUFFIXES = frozenset(LOADERS) | frozenset(RECORD_SUFFIXES)
 
 
 def load_file(path: Path, data: bytes, doc_id: str, records: RecordSettings) -> tuple[list[Document], list[str]]:
-    """Documents in one file, and warnings about parts of it that were skipped."""
+    """Documents in one file, and warnings about parts of it that were skipped.
+
+    Whatever a parser raises on a malformed file (zlib, lxml, pypdf's decompression limits, a
+    recursion too deep...) becomes a LoadError: one bad file is skipped with its reason and
+    never aborts an ingest."""
     suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES:
-        return load_records(data, doc_id, records, lines=RECORD_SUFFIXES[suffix])
-    loader = LOADERS.get(suffix)
-    if loader is None:
+    if suffix not in RECORD_SUFFIXES and suffix not in LOADERS:
         raise LoadError(f"unsupported file type {suffix or '(none)'!r}")
-    documents = loader(data, doc_id, records)
+    try:
+        if suffix in RECORD_SUFFIXES:
+            return load_records(data, doc_id, records, lines=RECORD_SUFFIXES[suffix])
+        documents = LOADERS[suffix](data, doc_id, records)
+    except LoadError:
+        raise
+    except RecursionError:
+        raise LoadError(f"cannot parse this {suffix} file: it is nested too deeply") from None
+    except Exception as exc:  # a parser's own error on a malformed file
+        kind = _KIND.get(suffix, suffix)
+        raise LoadError(f"corrupt {kind}: {type(exc).__name__}: {str(exc)[:200] or 'unreadable'}") from exc
     if not any(document.blocks for document in documents):
         raise LoadError("no text content")
     return documents, []
+
+
+_KIND = {".pdf": "PDF", ".docx": ".docx", ".html": "HTML", ".htm": "HTML", ".json": "JSON", ".jsonl": "JSON Lines",
+         ".ndjson": "JSON Lines", ".md": "Markdown", ".markdown": "Markdown", ".rst": "reStructuredText"}

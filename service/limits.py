@@ -1,0 +1,76 @@
+"""Per-request limits: what one client may make the service hold in memory or spend in time.
+
+Each limit is a setting (`service.*`, documented there); a request over one is a 400 that
+names the field, the limit and the setting. The schema catches wrong types and ranges first
+(protocol.py); these are the bounds a deployment may want to move.
+"""
+
+from __future__ import annotations
+
+from ragtune.errors import UsageError
+from ragtune.settings import ServiceSettings
+from service.protocol import AskRequest, ChatCompletionRequest, RetrievalOptions, SamplingFields
+
+
+def _over(param: str, what: str, limit: int, setting: str) -> UsageError:
+    return UsageError(f"{param}: {what}; the limit is {limit} (setting service.{setting})", param=param)
+
+
+def check_question(text: str, limits: ServiceSettings, param: str = "question") -> None:
+    if not text.strip():
+        raise UsageError("the question is empty; send some text", param=param)
+    if len(text) > limits.max_question_chars:
+        raise _over(param, f"{len(text)} characters", limits.max_question_chars, "max_question_chars")
+
+
+def _check_stop(body: SamplingFields, limits: ServiceSettings) -> None:
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+    if len(stops) > limits.max_stop_sequences:
+        raise _over("stop", f"{len(stops)} stop strings", limits.max_stop_sequences, "max_stop_sequences")
+    for stop in stops:
+        if len(stop) > limits.max_stop_chars:
+            raise _over("stop", f"a stop string of {len(stop)} characters", limits.max_stop_chars, "max_stop_chars")
+        if not stop:
+            raise UsageError("stop: an empty stop string would end every answer before it starts", param="stop")
+
+
+def _check_retrieval(options: RetrievalOptions | None, top_k: int | None, limits: ServiceSettings, where: str) -> None:
+    for param, k in ((f"{where}.top_k", options.top_k if options else None), ("top_k", top_k)):
+        if k is not None and k > limits.max_top_k:
+            raise _over(param, f"top_k {k}", limits.max_top_k, "max_top_k")
+    if options is None:
+        return
+    if len(options.doc_ids) > limits.max_filter_values:
+        raise _over(f"{where}.doc_ids", f"{len(options.doc_ids)} document ids", limits.max_filter_values, "max_filter_values")
+    if len(options.metadata) > limits.max_filter_values:
+        raise _over(f"{where}.metadata", f"{len(options.metadata)} keys", limits.max_filter_values, "max_filter_values")
+
+
+def check_ask(body: AskRequest, limits: ServiceSettings) -> None:
+    check_question(body.question, limits)
+    _check_stop(body, limits)
+    _check_retrieval(body.filters, body.top_k, limits, "filters")
+
+
+def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: str) -> None:
+    unsupported, unknown = body.refused_fields()
+    if unsupported:
+        raise UsageError(
+            f"{unsupported[0]}: not supported by ragtune's chat endpoint on the {backend} backend; leave it out",
+            param=unsupported[0],
+        )
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown field (extra inputs are not permitted)", param=unknown[0])
+    if len(body.messages) > limits.max_messages:
+        raise _over("messages", f"{len(body.messages)} messages", limits.max_messages, "max_messages")
+    for i, message in enumerate(body.messages):
+        if message.role == "tool":
+            raise UsageError(
+                f"messages[{i}]: role 'tool' needs tool calling, which the {backend} backend does not do here",
+                param=f"messages[{i}].role",
+            )
+        if len(message.text()) > limits.max_message_chars:
+            raise _over(f"messages[{i}].content", f"{len(message.text())} characters", limits.max_message_chars,
+                        "max_message_chars")
+    _check_stop(body, limits)
+    _check_retrieval(body.retrieval, None, limits, "retrieval")

@@ -1,0 +1,92 @@
+"""Bounded work per connection and per request, on the real server process (`ragtune serve`,
+the embedded engine, a real index): slow clients are cut off, a full queue answers 503 with
+Retry-After, and queued work whose client left is dropped."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
+
+pytestmark = pytest.mark.slow
+QUESTION = {"question": "Who was the duke in the battle of Hastings?", "max_tokens": 1}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, squad_index):
+    log = tmp_path_factory.mktemp("limits") / "server.log"
+    port = free_port()
+    env = ragtune_env(RAGTUNE_GENERATION__MAX_QUEUE="2", RAGTUNE_SERVICE__HEADER_TIMEOUT_SECONDS="1")
+    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log, env) as served:
+        yield served.start("/ready")
+
+
+def post(url: str, body: dict, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{url}/ask", json=body, timeout=timeout)
+
+
+def test_connections_that_never_finish_their_head_are_closed(server):
+    sockets = []
+    for i in range(40):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        if i % 2:
+            s.sendall(b"POST /ask HTTP/1.1\r\nHost: x\r\nContent-Type: app")  # a head sent at a slowloris pace
+        sockets.append(s)
+    time.sleep(1.0)
+    for s in sockets[1::2]:
+        s.sendall(b"l")  # still trickling: a byte does not buy more time
+    time.sleep(1.5)
+    for s in sockets:
+        s.settimeout(2)
+        assert s.recv(1024) == b"", "the server should have closed a connection with no whole head after 1 s"
+        s.close()
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(server):
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(post(server.url, QUESTION))) for _ in range(3)]
+    for thread in threads:  # one runs, two wait (generation.max_queue = 2)
+        thread.start()
+        time.sleep(0.3)
+    refused = post(server.url, QUESTION)
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "overloaded" and "generation.max_queue" in refused.json()["error"]["message"]
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in results] == [200, 200, 200]
+
+
+def test_queued_work_whose_client_left_is_dropped(server):
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    single = time.perf_counter() - started  # one answer: mostly the prefill of a RAG-sized prompt
+
+    running = threading.Thread(target=post, args=(server.url, QUESTION))
+    running.start()
+    time.sleep(0.3)
+    body = json.dumps(QUESTION).encode()
+    gone = []
+    for _ in range(2):  # two clients queue behind it, then give up
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        gone.append(s)
+    time.sleep(0.3)
+    for s in gone:
+        s.close()
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    waited = time.perf_counter() - started
+    running.join()
+    # It waits for the running answer and its own, not for the two abandoned ones (about 4 x single).
+    assert waited < 2.6 * single, f"waited {waited:.1f} s; one answer takes {single:.1f} s"
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
