@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from ragtune.runtime import serving_thread_policy  # noqa: E402
+from service.generation.zero import ZeroCostGenerator  # noqa: E402
 
 serving_thread_policy()  # as `ragtune serve` does; the direct baseline runs under the same policy
 
@@ -76,45 +77,6 @@ def interleaved(groups: list[dict], items, warmup: int = 10, block: int = 20) ->
                     group[name](item)
                     samples[name].append(time.perf_counter() - started)
     return samples
-
-
-class ZeroCostGenerator:
-    """Counts with the real tokenizer (packing needs it) and answers "" at once: no generation cost."""
-
-    def __init__(self, real):
-        self.real = real
-        self.model_name = real.model_name
-        self.context_window = real.context_window
-
-    def count_chat_tokens(self, messages):
-        return self.real.count_chat_tokens(messages)
-
-    def count_text_tokens(self, texts):
-        return self.real.count_text_tokens(texts)
-
-    async def generate(self, messages, params):
-        from service.generation.base import Completion
-
-        return Completion("", 0, 0, "stop", params.model or self.model_name)
-
-    async def stream(self, messages, params):
-        from service.generation.base import StreamEvent
-
-        yield StreamEvent(done=True, completion=await self.generate(messages, params))
-
-    async def ready(self):
-        return True
-
-    def models(self):
-        return [self.model_name]
-
-    async def sync_adapters(self, desired):
-        from service.generation.base import AdapterSyncReport
-
-        return AdapterSyncReport()  # the benchmark publishes none
-
-    async def close(self):
-        pass
 
 
 def build_index(directory: Path, size: int, paragraphs: list[dict], embedder, settings) -> None:

@@ -21,38 +21,6 @@ pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": "Bearer admin-key"}
 
 
-class ZeroCostGenerator:
-    """The embedded engine's token counting, and an empty answer at once."""
-
-    def __init__(self, real):
-        self.real, self.model_name, self.context_window = real, real.model_name, real.context_window
-        self.count_chat_tokens, self.count_text_tokens = real.count_chat_tokens, real.count_text_tokens
-
-    async def generate(self, messages, params):
-        from service.generation.base import Completion
-
-        return Completion("", self.count_chat_tokens(messages), 0, "stop", params.model or self.model_name)
-
-    async def stream(self, messages, params):
-        from service.generation.base import StreamEvent
-
-        yield StreamEvent(done=True, completion=await self.generate(messages, params))
-
-    async def ready(self):
-        return True
-
-    def models(self):
-        return [self.model_name]
-
-    async def sync_adapters(self, desired):
-        from service.generation.base import AdapterSyncReport
-
-        return AdapterSyncReport(failed={name: "the zero-cost backend serves no adapters" for name in desired})
-
-    async def close(self):
-        pass
-
-
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory, squad_index, embedder):
     import uvicorn
@@ -60,6 +28,7 @@ def live_url(tmp_path_factory, squad_index, embedder):
     from ragtune.settings import GenerationSettings, get_settings
     from service.app import create_app
     from service.generation.local import LocalGenerator
+    from service.generation.zero import ZeroCostGenerator
     from service.server import bounded_http_protocol
 
     settings = get_settings(service={"admin_api_key": "admin-key"})

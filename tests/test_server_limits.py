@@ -44,7 +44,10 @@ def test_connections_that_never_finish_their_head_are_closed(server):
     time.sleep(1.5)
     for s in sockets:
         s.settimeout(2)
-        assert s.recv(1024) == b"", "the server should have closed a connection with no whole head after 1 s"
+        try:  # closed by the server: an orderly end, or a reset when our last byte came after the close
+            assert s.recv(1024) == b"", "the server should have closed a connection with no whole head after 1 s"
+        except ConnectionResetError:
+            pass
         s.close()
     assert httpx.get(f"{server.url}/health").status_code == 200
 
