@@ -343,6 +343,11 @@ class ServiceSettings(BaseModel):
         description="Bearer tokens clients must send to /ask and /v1/* (a JSON list). Empty: no key is asked for, "
         "which only `environment=development` allows.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from another site (a JSON list, e.g. "
+        '["https://app.example.com"]; "*" for any). Empty: no cross-origin access.',
+    )
     environment: Literal["development", "production"] = Field(
         "development",
         description="production: `ragtune serve` refuses to start without service.api_keys (no open service by accident).",

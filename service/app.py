@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnsupportedMediaType, UsageError
+from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnknownModel, UnsupportedMediaType, UsageError
 from ragtune.settings import ServiceSettings, Settings
 from finetune.registry import Registry
-from service import admin, errors, limits
+from service import admin, embeddings_api, errors, limits
 from service.errors import ClientDisconnected
 from service.adapters import AdapterSync
 from service.auth import require_key
@@ -27,7 +28,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import Prepared, RagPipeline, build_pipeline, usage_of
 from service.protocol import (
     AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
-    model_list,
+    model_cards,
 )
 
 
@@ -76,10 +77,17 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     # No dependency at all for an open service: FastAPI solves each one on every request.
     Client = [Depends(client_key)] if service.api_keys else []
     metrics = Metrics()
+    started = int(time.time())  # the base model's `created`: when this service loaded it
     app = FastAPI(title="ragtune", version="0.1.0", lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if service.cors_origins:  # outermost: a browser's preflight is answered before auth
+        app.add_middleware(
+            CORSMiddleware, allow_origins=service.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"], max_age=600,
+        )
     errors.install(app)
     app.include_router(admin.router(settings.service))
+    app.include_router(embeddings_api.router(service, _parse, Client))
 
     @app.get("/health")
     async def health() -> dict:
@@ -101,9 +109,24 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    async def cards() -> list[dict]:
+        try:
+            adapters = await asyncio.to_thread(app.state.adapter_sync.registry.list)
+        except RagtuneError:  # a broken registry: the lifespan has logged it; the names are still served
+            adapters = []
+        created = {a.name: _unix(a.updated) for a in adapters} | {settings.generation.model: started}
+        return model_cards(app.state.pipeline.generator.models(), created)
+
     @app.get("/v1/models", dependencies=Client, responses=errors.RESPONSES)
     async def models() -> dict:
-        return model_list(app.state.pipeline.generator.models())
+        return {"object": "list", "data": await cards()}
+
+    @app.get("/v1/models/{model:path}", dependencies=Client, responses=errors.RESPONSES)
+    async def model(model: str) -> dict:
+        card = next((c for c in await cards() if c["id"] == model), None)
+        if card is None:
+            raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model and adapters")
+        return card
 
     @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}, **errors.RESPONSES}, dependencies=Client,
               openapi_extra=_json_body(AskRequest))
@@ -155,7 +178,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         if app.openapi_schema is None:  # FastAPI's, plus the bodies the routes parse themselves
             schema = FastAPI.openapi(app)
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (AskRequest, ChatCompletionRequest):
+            for model in (AskRequest, ChatCompletionRequest, embeddings_api.EmbeddingRequest):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 schemas[model.__name__] = body
@@ -176,6 +199,13 @@ def run_server(app: FastAPI, service: ServiceSettings, host: str | None = None, 
         app, host=host or service.host, port=port or service.port, log_level="info", access_log=service.access_log,
         http=bounded_http_protocol(service.header_timeout_seconds), limit_concurrency=service.max_connections,
     )
+
+
+def _unix(stamp: str) -> int:
+    """The registry's ISO times ("2026-11-26T03:00:00Z") as Unix seconds."""
+    import datetime as dt
+
+    return int(dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp())
 
 
 M = TypeVar("M", bound=BaseModel)

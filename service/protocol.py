@@ -185,12 +185,13 @@ def chat_chunk(cid: str, model: str, created: int, delta: dict, finish: str | No
     return chunk
 
 
-def model_list(names: list[str], owned_by: str = "ragtune") -> dict:
-    """The base model first, then its adapters (marked with `parent`, as vLLM marks LoRA models)."""
-    cards = [{"id": n, "object": "model", "created": 0, "owned_by": owned_by} for n in names]
+def model_cards(names: list[str], created: dict[str, int], owned_by: str = "ragtune") -> list[dict]:
+    """The base model first, then its adapters (marked with `parent`, as vLLM marks LoRA models).
+    `created`: Unix times by name (an adapter's publish time; the base model's load time)."""
+    cards = [{"id": n, "object": "model", "created": created.get(n, 0), "owned_by": owned_by} for n in names]
     for card in cards[1:]:
         card["parent"] = names[0]
-    return {"object": "list", "data": cards}
+    return cards
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:

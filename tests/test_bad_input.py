@@ -162,11 +162,45 @@ def test_adapter_uploads_are_checked_before_they_enter_the_registry(client, tmp_
     assert stray.status_code == 400 and error_of(stray)["param"] == "files"
     newline = upload("abc%0A", [config])
     assert newline.status_code == 400 and "not allowed" in error_of(newline)["message"]
-    not_multipart = client.put("/admin/adapters/x", headers={**ADMIN, "content-type": "application/json"}, content=b"{}")
-    assert not_multipart.status_code == 415
     assert client.get("/admin/adapters", headers=ADMIN).json()["adapters"] == []
     assert not list((client.app.state.adapter_sync.registry.root / ".uploads").glob("*"))  # nothing left behind
     still_answers(client)
+
+
+ADMIN_CASES = [  # (method, path, headers, status, code, message fragment)
+    ("POST", "/admin/adapters/nope/load", ADMIN, 404, "adapter_not_found", "no adapter named 'nope'"),
+    ("POST", "/admin/adapters/a%0A/load", ADMIN, 400, "invalid_value", "not allowed"),
+    ("POST", "/admin/adapters/..%2Fescape/unload", ADMIN, 400, "invalid_value", "not allowed"),
+    ("DELETE", "/admin/adapters/nope", ADMIN, 404, "adapter_not_found", "no adapter named 'nope'"),
+    ("POST", "/admin/adapters/sync", CLIENT, 401, "invalid_api_key", "admin_api_key"),
+    ("GET", "/admin/adapters", {}, 401, "invalid_api_key", "admin_api_key"),
+    ("PUT", "/admin/adapters/x", {**ADMIN, "content-type": "application/json"}, 415, "unsupported_media_type", "multipart"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, path, headers, status, code, fragment", ADMIN_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in ADMIN_CASES])
+def test_bad_admin_requests_are_clear_4xx(client, method, path, headers, status, code, fragment):
+    response = client.request(method, path, headers=headers, content=b"{}" if method == "PUT" else None)
+    assert response.status_code == status, response.text
+    error = error_of(response)
+    assert error["code"] == code and fragment in error["message"], error
+    still_answers(client)
+
+
+@pytest.mark.slow
+def test_an_adapter_uploaded_over_http_is_served(client, tmp_path):
+    """Checked against the real base model's shapes, stored, published and loaded by the embedded engine."""
+    adapter = fake_adapter(tmp_path / "ok")
+    files = [("files", (name, (adapter / name).read_bytes())) for name in ("adapter_config.json", "adapter_model.safetensors")]
+    uploaded = client.put("/admin/adapters/uploaded?publish=true", headers=ADMIN, files=files)
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["adapter"]["published"] and "uploaded" in uploaded.json()["models"]
+    answer = client.post("/ask", json=ask(model="uploaded"), headers=CLIENT)
+    assert answer.status_code == 200 and answer.json()["model"] == "uploaded"
+    assert client.delete("/admin/adapters/uploaded", headers=ADMIN).status_code == 200
+    assert "uploaded" not in [m["id"] for m in client.get("/v1/models", headers=CLIENT).json()["data"]]
 
 
 @pytest.mark.slow

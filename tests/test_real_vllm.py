@@ -184,6 +184,7 @@ def test_the_adapter_lifecycle_on_real_vllm(service, vllm, registry, tmp_path):
     pirate = chat(client, question, model="pirate", max_tokens=12, temperature=0, extra_body={"retrieval": {"enabled": False}})
     assert pirate.choices[0].message.content != base.choices[0].message.content
     assert "pirate" in [m.id for m in client.models.list()]
+    assert abs(client.models.retrieve("pirate").created - time.time()) < 120  # its publish time
 
     # A new version under the same name: loaded in place, no restart, the same name keeps answering.
     newer = Registry(AdapterSettings(dir=registry), BASE_MODEL).add("pirate", Path(first_path))

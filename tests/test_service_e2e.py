@@ -8,17 +8,19 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, free_port, ragtune_cmd
+from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
 
 pytestmark = pytest.mark.slow
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BROWSER_APP = "http://app.example"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, squad_index):
     log = tmp_path_factory.mktemp("service") / "server.log"
     port = free_port()
-    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log) as served:
+    env = ragtune_env(RAGTUNE_SERVICE__CORS_ORIGINS=json.dumps([BROWSER_APP]))
+    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log, env) as served:
         yield served.start("/ready").url
 
 
@@ -56,7 +58,25 @@ def test_streaming_chunks_parse_and_usage_arrives(client):
 
 
 def test_models_list_has_the_base_model(client):
+    import time
+
     assert [m.id for m in client.models.list()] == [BASE_MODEL]
+    model = client.models.retrieve(BASE_MODEL)  # GET /v1/models/{id}, the id holding a slash
+    assert model.id == BASE_MODEL and 0 < time.time() - model.created < 3600  # when this service loaded it
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_browsers_on_an_allowed_origin_may_call_the_api(server):
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = httpx.options(f"{server}/v1/chat/completions", headers={"Origin": BROWSER_APP, **preflight})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == BROWSER_APP
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    other = httpx.options(f"{server}/v1/chat/completions", headers={"Origin": "http://elsewhere.example", **preflight})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    listed = httpx.get(f"{server}/v1/models", headers={"Origin": BROWSER_APP})
+    assert listed.headers["access-control-allow-origin"] == BROWSER_APP
 
 
 def test_unknown_model_is_a_404_in_openai_shape(client):
@@ -167,3 +187,27 @@ def test_metrics_count_requests_stages_and_tokens(server):
         assert samples[("ragtune_stage_duration_seconds_count", (("stage", stage),))] >= 1
     completion_tokens = samples[("ragtune_tokens_total", (("kind", "completion"), ("model", BASE_MODEL)))]
     assert completion_tokens >= answered["usage"]["completion_tokens"] > 0
+
+
+def test_embeddings_are_the_vectors_the_index_holds(client, server, squad_index):
+    import numpy as np
+
+    from indexer.snapshot import IndexSnapshot
+
+    snapshot = IndexSnapshot(squad_index)
+    chunks = snapshot.all_chunks()[:5]
+    texts = [f"{c.context}\n{c.text}" if c.context else c.text for c in chunks]  # what the indexer embedded
+    stored = np.vstack([snapshot.index.reconstruct(c.id) for c in chunks])
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+
+    response = client.embeddings.create(model=model, input=texts)  # the openai client asks for base64
+    served = np.array([d.embedding for d in response.data], dtype=np.float32)
+    assert served.shape == stored.shape and np.abs(served - stored).max() < 1e-5
+    assert [d.index for d in response.data] == list(range(5)) and response.usage.prompt_tokens > 5 * 20
+
+    floats = httpx.post(f"{server}/v1/embeddings", json={"model": model, "input": texts[0], "encoding_format": "float"}).json()
+    assert np.abs(np.array(floats["data"][0]["embedding"]) - stored[0]).max() < 1e-5
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    too_long = httpx.post(f"{server}/v1/embeddings", json={"model": model, "input": "word " * 400})
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"

@@ -1,0 +1,72 @@
+"""`POST /v1/embeddings`, OpenAI's shape, with the index's own embedder: a client gets exactly
+the vectors the index holds for the same text (normalised, float32), as floats or base64."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragtune.errors import ContextLengthExceeded, UnknownModel, UsageError
+from ragtune.settings import ServiceSettings
+from service import errors
+
+MAX_INPUTS = 256  # texts in one request (OpenAI allows 2,048; each costs a forward pass on CPU)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input: str | list[str] = Field(description="A text or a list of texts (token arrays are not taken: send text).")
+    model: str = Field(description="The embedder's name, as `GET /v1/models` does not list it: see the error for it.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Must be the embedder's own dimension if sent.")
+    user: str | None = None
+
+
+def router(service: ServiceSettings, parse, dependencies: list) -> APIRouter:
+    """`parse(request, model, service)` reads the body as the other JSON routes do."""
+    api = APIRouter(dependencies=dependencies, responses=errors.RESPONSES)
+
+    @api.post("/v1/embeddings", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}}})
+    async def embeddings(request: Request) -> Response:
+        body: EmbeddingRequest = await parse(request, EmbeddingRequest, service)
+        rag = request.app.state.pipeline
+        embedder = rag.retriever.embedder
+        if body.model != embedder.name:
+            raise UnknownModel(f"model {body.model!r} is not this service's embedder; use {embedder.name!r}", param="model")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or len(texts) > MAX_INPUTS:
+            raise UsageError(f"input: send 1 to {MAX_INPUTS} texts (got {len(texts)})", param="input")
+        if body.dimensions is not None and body.dimensions != embedder.dimension:
+            raise UsageError(f"dimensions: this embedder's vectors have {embedder.dimension}", param="dimensions")
+        if any(len(t) > service.max_message_chars for t in texts):
+            raise UsageError(f"input: a text over {service.max_message_chars} characters (setting service.max_message_chars)",
+                             param="input")
+
+        def embed() -> tuple[np.ndarray, int]:
+            counts = [len(ids) for ids in embedder.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            too_long = [i for i, n in enumerate(counts) if n > embedder.max_text_tokens]
+            if too_long:
+                raise ContextLengthExceeded(
+                    f"input[{too_long[0]}] has {counts[too_long[0]]} tokens; the embedder reads {embedder.max_text_tokens}",
+                    param="input",
+                )
+            return embedder.embed(texts), sum(counts) + embedder.special_tokens * len(texts)
+
+        vectors, tokens = await rag.offload.run(embed)
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()}
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return Response(json.dumps({"object": "list", "data": data, "model": embedder.name, "usage": usage}),
+                        media_type="application/json")
+
+    return api
