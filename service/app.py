@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import JSONResponse, Response
 
-from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnknownModel, UnsupportedMediaType, UsageError
+from ragtune.errors import RagtuneError, UnknownModel, UsageError
 from ragtune.settings import ServiceSettings, Settings
 from finetune.registry import Registry
-from service import admin, embeddings_api, errors, limits
-from service.errors import ClientDisconnected
+from service import admin, completions_api, embeddings_api, errors, limits
+from service.http import json_body, json_response, parse_json, sse, unless_gone
 from service.adapters import AdapterSync
 from service.auth import require_key
 from service.generation import create_generator
@@ -87,7 +84,8 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         )
     errors.install(app)
     app.include_router(admin.router(settings.service))
-    app.include_router(embeddings_api.router(service, _parse, Client))
+    app.include_router(embeddings_api.router(service, Client))
+    app.include_router(completions_api.router(settings, Client))
 
     @app.get("/health")
     async def health() -> dict:
@@ -129,29 +127,29 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         return card
 
     @app.post("/ask", response_model=None, responses={200: {"model": AskResponse}, **errors.RESPONSES}, dependencies=Client,
-              openapi_extra=_json_body(AskRequest))
+              openapi_extra=json_body(AskRequest))
     async def ask(request: Request):
-        body = await _parse(request, AskRequest, service)
+        body = await parse_json(request, AskRequest, service)
         rag: RagPipeline = app.state.pipeline  # set by the lifespan; no dependency to solve per request
         limits.check_ask(body, service)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
         overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score}.items() if v is not None}
         options = (body.filters or RetrievalOptions()).model_copy(update=overrides) if overrides else body.filters
-        prepared = await _unless_gone(request, rag.prepare_async(body.question, [], options, params.max_tokens))
+        prepared = await unless_gone(request, rag.prepare_async(body.question, [], options, params.max_tokens))
         if body.stream:
-            return _sse(_ask_events(rag, prepared, params))
-        completion = await _unless_gone(request, rag.complete(prepared, params))
-        return _json(AskResponse(
+            return sse(_ask_events(rag, prepared, params))
+        completion = await unless_gone(request, rag.complete(prepared, params))
+        return json_response(AskResponse(
             answer=completion.text, citations=prepared.citations, usage=usage_of(completion),
             ledger=_ledger(prepared), model=completion.model, index_version=prepared.index_version,
             finish_reason=completion.finish_reason, timings_ms={k: round(v, 2) for k, v in prepared.timings_ms.items()},
         ))
 
     @app.post("/v1/chat/completions", response_model=None, responses=errors.RESPONSES, dependencies=Client,
-              openapi_extra=_json_body(ChatCompletionRequest))
+              openapi_extra=json_body(ChatCompletionRequest))
     async def chat(request: Request):
-        body = await _parse(request, ChatCompletionRequest, service)
+        body = await parse_json(request, ChatCompletionRequest, service)
         rag: RagPipeline = app.state.pipeline
         limits.check_chat(body, service, settings.generation.backend)
         adapter = rag.check_model(body.model)
@@ -163,22 +161,22 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             raise UsageError("messages: at least one user message is needed", param="messages")
         question = turns[last_user]["content"]
         limits.check_question(question, service, "messages")
-        prepared = await _unless_gone(
+        prepared = await unless_gone(
             request, rag.prepare_async(question, turns[:last_user], body.retrieval, params.max_tokens, system)
         )
         cid = completion_id()
         model = body.model
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_events(rag, prepared, params, cid, model, include_usage))
-        completion = await _unless_gone(request, rag.complete(prepared, params))
+            return sse(_chat_events(rag, prepared, params, cid, model, include_usage))
+        completion = await unless_gone(request, rag.complete(prepared, params))
         return JSONResponse(chat_response(cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations))
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's, plus the bodies the routes parse themselves
             schema = FastAPI.openapi(app)
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (AskRequest, ChatCompletionRequest, embeddings_api.EmbeddingRequest):
+            for model in (AskRequest, ChatCompletionRequest, embeddings_api.EmbeddingRequest, completions_api.CompletionRequest):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 schemas[model.__name__] = body
@@ -208,75 +206,6 @@ def _unix(stamp: str) -> int:
     return int(dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp())
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _parse(request: Request, model: type[M], service: ServiceSettings) -> M:
-    """The request body as `model`, parsed and validated by pydantic-core in one pass (errors take
-    the same way as FastAPI's own). JSON only, at most `service.max_body_bytes`, received within
-    `service.body_timeout_seconds`."""
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaType(
-            f"the body must be JSON, sent with Content-Type: application/json (got {media_type or 'none'!r})"
-        )
-    limit = service.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"the body has {declared} bytes; the limit is {limit} (setting service.max_body_bytes)")
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(service.body_timeout_seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise RequestTooLarge(f"the body is over the limit of {limit} bytes (setting service.max_body_bytes)")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {service.body_timeout_seconds} s (setting service.body_timeout_seconds)"
-        ) from None
-    try:
-        return model.model_validate_json(b"".join(chunks))
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-
-
-T = TypeVar("T")
-
-
-async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, unless the client disconnects first: then the work is cancelled (a request
-    still queued for the engine is dropped, a running generation stops at its next token)."""
-    task = asyncio.ensure_future(work)
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.done() and not task.cancelled():
-        return task.result()
-    raise ClientDisconnected()
-
-
-def _json_body(model: type[BaseModel]) -> dict:
-    """OpenAPI for a route that parses its body with `_parse` (the schema is added to the components)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _json(model: BaseModel) -> Response:
-    # pydantic-core serializes the model directly; FastAPI's generic encoder walks it in Python (~1.5 ms).
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
 def _ledger(prepared: Prepared) -> dict:
     if prepared.ledger is None:
         return {"retrieval": "disabled"}
@@ -288,18 +217,6 @@ def _ledger(prepared: Prepared) -> dict:
         "demonstration_tokens": ledger.demonstration_tokens, "retrieved": ledger.retrieved, "packed": ledger.packed,
         "dropped": ledger.dropped,
     }
-
-
-def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
-    async def body():
-        try:
-            async for event in events:
-                yield f"data: {json.dumps(event)}\n\n"
-        except RagtuneError as exc:  # headers are gone: the error travels as an event
-            yield f"data: {json.dumps(errors.status_and_body(exc)[1])}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _ask_events(rag: RagPipeline, prepared: Prepared, params) -> AsyncIterator[dict]:

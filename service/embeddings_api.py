@@ -8,13 +8,14 @@ import json
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import ContextLengthExceeded, UnknownModel, UsageError
 from ragtune.settings import ServiceSettings
 from service import errors
+from service.http import parse_json
 
 MAX_INPUTS = 256  # texts in one request (OpenAI allows 2,048; each costs a forward pass on CPU)
 
@@ -28,14 +29,13 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-def router(service: ServiceSettings, parse, dependencies: list) -> APIRouter:
-    """`parse(request, model, service)` reads the body as the other JSON routes do."""
+def router(service: ServiceSettings, dependencies: list) -> APIRouter:
     api = APIRouter(dependencies=dependencies, responses=errors.RESPONSES)
 
     @api.post("/v1/embeddings", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}}})
     async def embeddings(request: Request) -> Response:
-        body: EmbeddingRequest = await parse(request, EmbeddingRequest, service)
+        body: EmbeddingRequest = await parse_json(request, EmbeddingRequest, service)
         rag = request.app.state.pipeline
         embedder = rag.retriever.embedder
         if body.model != embedder.name:

@@ -46,6 +46,12 @@ def _check_retrieval(options: RetrievalOptions | None, top_k: int | None, limits
         raise _over(f"{where}.metadata", f"{len(options.metadata)} keys", limits.max_filter_values, "max_filter_values")
 
 
+def check_sampling(body: SamplingFields, options: RetrievalOptions | None, limits: ServiceSettings) -> None:
+    """Stop strings and retrieval options of any request that has them (the completions endpoint)."""
+    _check_stop(body, limits)
+    _check_retrieval(options, None, limits, "retrieval")
+
+
 def check_ask(body: AskRequest, limits: ServiceSettings) -> None:
     check_question(body.question, limits)
     _check_stop(body, limits)

@@ -145,12 +145,13 @@ class ChatCompletionRequest(SamplingFields):
     def refused_fields(self) -> tuple[list[str], list[str]]:
         """(OpenAI fields sent with a value this service cannot honour, fields OpenAI does not know)."""
         extra = self.model_extra or {}
-        unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not _neutral(extra[k])]
+        unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not neutral(extra[k])]
         unknown = [k for k in extra if k not in UNSUPPORTED_CHAT_FIELDS]
         return unsupported, unknown
 
 
-def _neutral(value: Any) -> bool:
+def neutral(value: Any) -> bool:
+    """A value that asks for nothing: null, false, 0, empty, a plain-text format."""
     return any(type(value) is type(n) and value == n for n in _NEUTRAL)
 
 

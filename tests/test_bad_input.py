@@ -170,7 +170,7 @@ def test_adapter_uploads_are_checked_before_they_enter_the_registry(client, tmp_
 ADMIN_CASES = [  # (method, path, headers, status, code, message fragment)
     ("POST", "/admin/adapters/nope/load", ADMIN, 404, "adapter_not_found", "no adapter named 'nope'"),
     ("POST", "/admin/adapters/a%0A/load", ADMIN, 400, "invalid_value", "not allowed"),
-    ("POST", "/admin/adapters/..%2Fescape/unload", ADMIN, 400, "invalid_value", "not allowed"),
+    ("POST", "/admin/adapters/a..b/unload", ADMIN, 400, "invalid_value", "not allowed"),
     ("DELETE", "/admin/adapters/nope", ADMIN, 404, "adapter_not_found", "no adapter named 'nope'"),
     ("POST", "/admin/adapters/sync", CLIENT, 401, "invalid_api_key", "admin_api_key"),
     ("GET", "/admin/adapters", {}, 401, "invalid_api_key", "admin_api_key"),

@@ -211,3 +211,23 @@ def test_embeddings_are_the_vectors_the_index_holds(client, server, squad_index)
         client.embeddings.create(model="text-embedding-3-small", input="x")
     too_long = httpx.post(f"{server}/v1/embeddings", json={"model": model, "input": "word " * 400})
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_text_completions_answer_from_the_index(client):
+    """POST /v1/completions, the path LlamaIndex's OpenAILike takes by default: the prompt is the question."""
+    response = client.completions.create(model=BASE_MODEL, prompt="Who was the duke in the battle of Hastings?", max_tokens=30)
+    assert response.object == "text_completion" and "William" in response.choices[0].text
+    assert response.usage.prompt_tokens > 50 and response.choices[0].finish_reason in ("stop", "length")
+    assert any(s["doc_id"].startswith("squad.jsonl#Normans-") for s in response.model_extra["sources"])
+
+    bare = client.completions.create(model=BASE_MODEL, prompt="Say hello.", max_tokens=5, extra_body={"retrieval": {"enabled": False}})
+    assert bare.model_extra["sources"] == [] and bare.usage.prompt_tokens < 50
+
+    chunks = list(client.completions.create(model=BASE_MODEL, prompt="In what country is Normandy located?", max_tokens=20,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices).strip()
+    assert chunks[0].model_extra["sources"] and chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model=BASE_MODEL, prompt="x", logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="one prompt"):
+        client.completions.create(model=BASE_MODEL, prompt=["a", "b"])
