@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -154,15 +155,17 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         limits.check_chat(body, service, settings.generation.backend)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
+        params = dataclasses.replace(params, extra=body.passthrough())  # empty unless the backend honours them
         system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
-        turns = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+        turns = [m.turn() for m in body.messages if m.role not in ("system", "developer")]
         last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
         if last_user is None:
             raise UsageError("messages: at least one user message is needed", param="messages")
         question = turns[last_user]["content"]
         limits.check_question(question, service, "messages")
+        history, tail = turns[:last_user], turns[last_user + 1 :]
         prepared = await unless_gone(
-            request, rag.prepare_async(question, turns[:last_user], body.retrieval, params.max_tokens, system)
+            request, rag.prepare_async(question, history, body.retrieval, params.max_tokens, system, tail)
         )
         cid = completion_id()
         model = body.model
@@ -170,7 +173,9 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return sse(_chat_events(rag, prepared, params, cid, model, include_usage))
         completion = await unless_gone(request, rag.complete(prepared, params))
-        return JSONResponse(chat_response(cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations))
+        return JSONResponse(chat_response(
+            cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations, completion.choices,
+        ))
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's, plus the bodies the routes parse themselves
@@ -238,5 +243,7 @@ async def _chat_events(rag: RagPipeline, prepared: Prepared, params, cid: str, m
             yield chat_chunk(cid, model, created, {}, finish=event.completion.finish_reason)
             if include_usage:
                 yield chat_chunk(cid, model, created, None, usage=usage_of(event.completion))
+        elif event.choices is not None:  # the backend's own choices (pass-through): unchanged
+            yield {**chat_chunk(cid, model, created, None), "choices": event.choices}
         elif event.text:
             yield chat_chunk(cid, model, created, {"content": event.text})

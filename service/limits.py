@@ -59,7 +59,8 @@ def check_ask(body: AskRequest, limits: ServiceSettings) -> None:
 
 
 def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: str) -> None:
-    unsupported, unknown = body.refused_fields()
+    passthrough = backend == "vllm"  # vLLM honours tools, response_format, logprobs, penalties, n...
+    unsupported, unknown = body.refused_fields(passthrough)
     if unsupported:
         raise UsageError(
             f"{unsupported[0]}: not supported by ragtune's chat endpoint on the {backend} backend; leave it out",
@@ -69,11 +70,13 @@ def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: st
         raise UsageError(f"{unknown[0]}: unknown field (extra inputs are not permitted)", param=unknown[0])
     if len(body.messages) > limits.max_messages:
         raise _over("messages", f"{len(body.messages)} messages", limits.max_messages, "max_messages")
+    if body.n > 1 and not passthrough:
+        raise UsageError(f"n: the {backend} backend generates one choice; leave n out or set it to 1", param="n")
     for i, message in enumerate(body.messages):
-        if message.role == "tool":
+        if (message.role == "tool" or message.tool_calls) and not passthrough:
             raise UsageError(
-                f"messages[{i}]: role 'tool' needs tool calling, which the {backend} backend does not do here",
-                param=f"messages[{i}].role",
+                f"messages[{i}]: tool messages and tool calls need tool calling, which the {backend} backend does "
+                "not do here", param=f"messages[{i}].role",
             )
         if len(message.text()) > limits.max_message_chars:
             raise _over(f"messages[{i}].content", f"{len(message.text())} characters", limits.max_message_chars,

@@ -105,7 +105,9 @@ class Packer:
             )
         return tokens
 
-    def messages(self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None) -> Messages:
+    def messages(
+        self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None, tail: Messages = (),
+    ) -> Messages:
         """The chat sent to the model. `passages=None`: no retrieval; `[]`: the template, empty."""
         if passages is None:
             user = question
@@ -115,7 +117,7 @@ class Packer:
         instructions = self.prompt.system_prompt if passages is not None else None
         system_text = "\n\n".join(s for s in (system, instructions) if s)
         head = [{"role": "system", "content": system_text}] if system_text else []
-        return [*head, *history, {"role": "user", "content": user}]
+        return [*head, *history, {"role": "user", "content": user}, *tail]  # tail: tool calls and results after it
 
     def _merge(self, hits: list[Hit], ledger: Ledger) -> list[Passage]:
         passages: list[Passage] = []
@@ -155,15 +157,16 @@ class Packer:
 
     def _with_demonstrations(
         self, question: str, history: Messages, system: str | None, answer_tokens: int, demonstrations: list,
+        tail: Messages = (),
     ) -> tuple[Messages, int, int, int]:
         """History with as many few-shot turns in front as take at most half of the budget the
         question leaves (least similar dropped first): (history, its base tokens, pairs, their tokens)."""
-        base = self.generator.count_chat_tokens(self.messages(question, history, [], system))
+        base = self.generator.count_chat_tokens(self.messages(question, history, [], system, tail))
         room = self.generator.context_window - answer_tokens - base
         demos = list(demonstrations)
         while demos:
             turns = [t for q, a in demos for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-            with_demos = self.generator.count_chat_tokens(self.messages(question, turns + history, [], system))
+            with_demos = self.generator.count_chat_tokens(self.messages(question, turns + history, [], system, tail))
             if with_demos - base <= room // 2:
                 return turns + history, with_demos, len(demos), with_demos - base
             demos.pop()
@@ -171,11 +174,13 @@ class Packer:
 
     def pack(
         self, question: str, history: Messages, hits: list[Hit], below_score: list[Hit],
-        answer_tokens: int, system: str | None = None, demonstrations: list[tuple[str, str]] = (),
+        answer_tokens: int, system: str | None = None, demonstrations: list[tuple[str, str]] = (), tail: Messages = (),
     ) -> tuple[Messages, list[Passage], Ledger]:
         window = self.generator.context_window
         # Everything but the passages: system prompt, demonstrations, history, question, and the template.
-        history, base, shown, demo_tokens = self._with_demonstrations(question, history, system, answer_tokens, demonstrations)
+        history, base, shown, demo_tokens = self._with_demonstrations(
+            question, history, system, answer_tokens, demonstrations, tail
+        )
         ledger = Ledger(window, answer_tokens, base, window - answer_tokens - base)
         ledger.demonstrations, ledger.demonstration_tokens = shown, demo_tokens
         ledger.retrieved = [retrieved_entry(h) for h in hits + below_score]
@@ -203,7 +208,7 @@ class Packer:
             ordered = lost_in_the_middle(chosen)
             for number, passage in enumerate(ordered, start=1):
                 passage.number = number
-            messages = self.messages(question, history, ordered, system)
+            messages = self.messages(question, history, ordered, system, tail)
             total = self.generator.count_chat_tokens(messages)
             if total <= window - answer_tokens or not chosen:
                 break

@@ -72,9 +72,11 @@ class RagPipeline:
         raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model and adapters")
 
     def prepare(
-        self, question: str, history: Messages, options: RetrievalOptions | None, answer_tokens: int, system: str | None = None
+        self, question: str, history: Messages, options: RetrievalOptions | None, answer_tokens: int,
+        system: str | None = None, tail: Messages = (),
     ) -> Prepared:
-        """Blocking (embedding, FAISS, tokenizer): call it off the event loop."""
+        """Blocking (embedding, FAISS, tokenizer): call it off the event loop. `tail`: the turns
+        after the question (an assistant's tool calls and the tools' results), kept after it."""
         options = options or RetrievalOptions()
         window = self.generator.context_window
         if answer_tokens >= window:
@@ -84,7 +86,7 @@ class RagPipeline:
             )
         if not options.enabled:
             started = time.perf_counter()
-            messages = self.packer.messages(question, history, None, system)
+            messages = self.packer.messages(question, history, None, system, tail)
             self.packer.check_fits(messages, answer_tokens)  # no passages to drop: too long is a 400
             return Prepared(messages, timings_ms={"retrieval": 0.0, "packing": (time.perf_counter() - started) * 1000})
         started = time.perf_counter()
@@ -97,7 +99,7 @@ class RagPipeline:
         demos = self._demonstrations(question, vector, options)
         version = snapshot.version_id
         retrieved = time.perf_counter()
-        messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system, demos)
+        messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system, demos, tail)
         packed = time.perf_counter()
         timings = {"retrieval": (retrieved - started) * 1000, "packing": (packed - retrieved) * 1000}
         return Prepared(messages, passages, ledger, version, timings)

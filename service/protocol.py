@@ -108,6 +108,17 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="An assistant's earlier tool calls (vLLM backend).")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers (vLLM backend).")
+
+    def turn(self) -> dict:
+        """The message as the backend gets it: text content, tool fields only where present."""
+        message: dict = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -120,9 +131,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-# OpenAI chat fields this service does not honour yet. A request may send them with a value
-# that asks for nothing (null, false, 0, empty, a plain-text response format); any other
-# value is refused by name, never ignored.
+# OpenAI chat fields that reach vLLM as they are (its answer comes back unchanged in shape).
+PASSTHROUGH_FIELDS = (
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias",
+)
+# OpenAI chat fields a backend may not honour. A request may send them with a value that asks
+# for nothing (null, false, 0, empty, a plain-text response format); any other value is refused
+# by name, never ignored (on vLLM, PASSTHROUGH_FIELDS are honoured).
 UNSUPPORTED_CHAT_FIELDS = (
     "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format", "logprobs",
     "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "audio", "modalities", "prediction",
@@ -138,16 +154,22 @@ class ChatCompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
+    n: int = Field(1, ge=1, le=8, description="Choices to generate: more than 1 on the vLLM backend only.")
     user: str | None = None
     retrieval: RetrievalOptions | None = Field(None, description="ragtune extension")
 
-    def refused_fields(self) -> tuple[list[str], list[str]]:
-        """(OpenAI fields sent with a value this service cannot honour, fields OpenAI does not know)."""
+    def refused_fields(self, passthrough: bool) -> tuple[list[str], list[str]]:
+        """(OpenAI fields sent with a value this backend cannot honour, fields OpenAI does not know)."""
         extra = self.model_extra or {}
-        unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not neutral(extra[k])]
+        honoured = PASSTHROUGH_FIELDS if passthrough else ()
+        unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not neutral(extra[k]) and k not in honoured]
         unknown = [k for k in extra if k not in UNSUPPORTED_CHAT_FIELDS]
         return unsupported, unknown
+
+    def passthrough(self) -> dict:
+        """What goes to vLLM as it is: the honoured OpenAI fields that ask for something, and n."""
+        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH_FIELDS and not neutral(v)}
+        return {**extra, "n": self.n} if self.n > 1 else extra
 
 
 def neutral(value: Any) -> bool:
@@ -159,13 +181,16 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, sources: list[Citation]) -> dict:
+def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, sources: list[Citation],
+                  choices: list[dict] | None = None) -> dict:
+    """`choices`: the backend's own (pass-through), else one made of `text` and `finish`."""
     return {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
+        "choices": choices if choices is not None else [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
         "usage": usage.model_dump(),
         "sources": [s.model_dump() for s in sources],  # ragtune extension
     }

@@ -46,6 +46,8 @@ def vllm_server(port: int, log: Path) -> Server:
         str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir()),
         "--served-model-name", BASE_MODEL, "--max-model-len", "2048", "--enable-lora",
         "--max-lora-rank", str(MAX_LORA_RANK), "--max-loras", "2", "--dtype", "bfloat16",
+        # Tool calling: vLLM wants a parser even for a named tool_choice; pythonic needs no special tokens.
+        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
         "--host", "127.0.0.1", "--port", str(port),
     ]
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
@@ -128,6 +130,53 @@ def test_ask_and_chat_answer_through_real_vllm(service):
     body = asked.json()
     assert body["answer"].strip() and body["citations"] and body["model"] == BASE_MODEL
     assert body["ledger"]["prompt_tokens"] == body["usage"]["prompt_tokens"]  # the server-side count, checked below too
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]},
+}}
+NO_RETRIEVAL = {"retrieval": {"enabled": False}}
+
+
+def test_openai_fields_reach_vllm_and_its_answer_comes_back_in_shape(service):
+    """tools, tool calls and results, response_format, logprobs, n, penalties, logit_bias, seed, stop: vLLM does
+    them, and the service hands its choices back unchanged (sources still ride along)."""
+    client = openai.OpenAI(base_url=f"{service}/v1", api_key="unused", max_retries=0)
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    called = client.chat.completions.create(model=BASE_MODEL, messages=ask, tools=[WEATHER], tool_choice=forced,
+                                            max_tokens=60, extra_body=NO_RETRIEVAL)
+    call = called.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+
+    answered = client.chat.completions.create(model=BASE_MODEL, tools=[WEATHER], max_tokens=20, extra_body=NO_RETRIEVAL, messages=[
+        *ask, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"},
+    ])
+    assert answered.choices[0].message.content is not None
+    assert answered.usage.prompt_tokens > called.usage.prompt_tokens  # the call and its result reached the prompt
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}}, "required": ["answer"],
+              "additionalProperties": False}
+    structured = client.chat.completions.create(
+        model=BASE_MODEL, messages=[{"role": "user", "content": "Who was the duke in the battle of Hastings?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}, max_tokens=80,
+    )
+    assert set(json.loads(structured.choices[0].message.content)) == {"answer"}
+    assert structured.model_extra["sources"]  # retrieval still ran
+
+    sampled = client.chat.completions.create(
+        model=BASE_MODEL, messages=ask, n=2, logprobs=True, top_logprobs=2, temperature=1.0, seed=3, max_tokens=5,
+        presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"28": -100}, stop=["\n\n"], extra_body=NO_RETRIEVAL,
+    )
+    assert [c.index for c in sampled.choices] == [0, 1]
+    assert all(len(c.logprobs.content[0].top_logprobs) == 2 for c in sampled.choices)
+
+    chunks = list(client.chat.completions.create(model=BASE_MODEL, messages=ask, tools=[WEATHER], tool_choice=forced,
+                                                 max_tokens=60, stream=True, extra_body=NO_RETRIEVAL))
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or ())]
+    assert streamed and streamed[0].function.name == "get_weather"
 
 
 def test_the_packers_count_is_vllms_own_prompt_tokens(vllm, squad_index, embedder, squad):

@@ -17,6 +17,9 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     model: str | None = None  # an adapter name, or None for the base model
+    # OpenAI fields passed to the backend as they are (tools, response_format, logprobs...), for a
+    # backend that honours them (vLLM); its choices then come back unchanged in `Completion.choices`.
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
     model: str
+    choices: list[dict] | None = None  # the backend's own choices, when `params.extra` asked for pass-through
 
 
 @dataclass
@@ -35,6 +39,7 @@ class StreamEvent:
     text: str = ""
     done: bool = False
     completion: Completion | None = field(default=None)
+    choices: list[dict] | None = None  # the backend chunk's own choices (pass-through)
 
 
 Messages = list[dict[str, str]]

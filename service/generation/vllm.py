@@ -178,7 +178,7 @@ class VllmGenerator:
             body["seed"] = params.seed
         if stream:
             body["stream_options"] = {"include_usage": True}
-        return body
+        return {**body, **params.extra}
 
     async def _send(self, body: dict, stream: bool) -> httpx.Response:
         """Send to the first replica that accepts the connection; the response is open when streaming."""
@@ -209,6 +209,7 @@ class VllmGenerator:
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=_finish(choice.get("finish_reason")),
             model=params.model or self.model_name,
+            choices=data["choices"] if params.extra else None,
         )
 
     async def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
@@ -226,6 +227,11 @@ class VllmGenerator:
                 if "error" in chunk or chunk.get("object") == "error":
                     raise BackendError(f"vLLM failed mid-stream: {_error_text(chunk)}")
                 usage = chunk.get("usage") or usage
+                if params.extra:  # pass-through: vLLM's choices as they are (tool call deltas, logprobs, n > 1)
+                    if chunk.get("choices"):
+                        yield StreamEvent(choices=chunk["choices"])
+                    finish = next((_finish(c["finish_reason"]) for c in chunk.get("choices") or () if c.get("finish_reason")), finish)
+                    continue
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content") or ""
                     if not started:  # the answer's leading whitespace, as generate() strips it
