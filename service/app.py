@@ -25,7 +25,7 @@ from service.generation.base import Generator
 from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import Prepared, RagPipeline, build_pipeline, usage_of
 from service.protocol import (
-    AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
+    HONOURED_FIELDS, AskRequest, AskResponse, ChatCompletionRequest, RetrievalOptions, chat_chunk, chat_response, completion_id,
     model_cards,
 )
 
@@ -155,7 +155,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         limits.check_chat(body, service, settings.generation.backend)
         adapter = rag.check_model(body.model)
         params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
-        params = dataclasses.replace(params, extra=body.passthrough())  # empty unless the backend honours them
+        params = dataclasses.replace(params, extra=body.passthrough(HONOURED_FIELDS[settings.generation.backend]))
         system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
         turns = [m.turn() for m in body.messages if m.role not in ("system", "developer")]
         last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)

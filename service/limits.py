@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ragtune.errors import UsageError
 from ragtune.settings import ServiceSettings
-from service.protocol import AskRequest, ChatCompletionRequest, RetrievalOptions, SamplingFields
+from service.generation.structured import check_response_format
+from service.protocol import HONOURED_FIELDS, AskRequest, ChatCompletionRequest, RetrievalOptions, SamplingFields
 
 
 def _over(param: str, what: str, limit: int, setting: str) -> UsageError:
@@ -60,7 +61,7 @@ def check_ask(body: AskRequest, limits: ServiceSettings) -> None:
 
 def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: str) -> None:
     passthrough = backend == "vllm"  # vLLM honours tools, response_format, logprobs, penalties, n...
-    unsupported, unknown = body.refused_fields(passthrough)
+    unsupported, unknown = body.refused_fields(HONOURED_FIELDS[backend])
     if unsupported:
         raise UsageError(
             f"{unsupported[0]}: not supported by ragtune's chat endpoint on the {backend} backend; leave it out",
@@ -83,3 +84,5 @@ def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: st
                         "max_message_chars")
     _check_stop(body, limits)
     _check_retrieval(body.retrieval, None, limits, "retrieval")
+    if backend == "local" and "response_format" in (body.model_extra or {}):
+        check_response_format(body.model_extra["response_format"])  # its shape, before any answer starts

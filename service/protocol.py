@@ -131,14 +131,16 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-# OpenAI chat fields that reach vLLM as they are (its answer comes back unchanged in shape).
-PASSTHROUGH_FIELDS = (
-    "tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
-    "presence_penalty", "frequency_penalty", "logit_bias",
-)
+# OpenAI chat fields each backend honours: vLLM gets them as they are (its answer comes back
+# unchanged in shape); the embedded engine enforces response_format itself.
+HONOURED_FIELDS = {
+    "vllm": ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
+             "presence_penalty", "frequency_penalty", "logit_bias"),
+    "local": ("response_format",),
+}
 # OpenAI chat fields a backend may not honour. A request may send them with a value that asks
 # for nothing (null, false, 0, empty, a plain-text response format); any other value is refused
-# by name, never ignored (on vLLM, PASSTHROUGH_FIELDS are honoured).
+# by name, never ignored (HONOURED_FIELDS are, by their backend).
 UNSUPPORTED_CHAT_FIELDS = (
     "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format", "logprobs",
     "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "audio", "modalities", "prediction",
@@ -158,17 +160,16 @@ class ChatCompletionRequest(SamplingFields):
     user: str | None = None
     retrieval: RetrievalOptions | None = Field(None, description="ragtune extension")
 
-    def refused_fields(self, passthrough: bool) -> tuple[list[str], list[str]]:
-        """(OpenAI fields sent with a value this backend cannot honour, fields OpenAI does not know)."""
+    def refused_fields(self, honoured: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """(OpenAI fields sent with a value the backend does not honour, fields OpenAI does not know)."""
         extra = self.model_extra or {}
-        honoured = PASSTHROUGH_FIELDS if passthrough else ()
         unsupported = [k for k in UNSUPPORTED_CHAT_FIELDS if k in extra and not neutral(extra[k]) and k not in honoured]
         unknown = [k for k in extra if k not in UNSUPPORTED_CHAT_FIELDS]
         return unsupported, unknown
 
-    def passthrough(self) -> dict:
-        """What goes to vLLM as it is: the honoured OpenAI fields that ask for something, and n."""
-        extra = {k: v for k, v in (self.model_extra or {}).items() if k in PASSTHROUGH_FIELDS and not neutral(v)}
+    def passthrough(self, honoured: tuple[str, ...]) -> dict:
+        """What goes to the backend as it is: the honoured OpenAI fields that ask for something, and n."""
+        extra = {k: v for k, v in (self.model_extra or {}).items() if k in honoured and not neutral(v)}
         return {**extra, "n": self.n} if self.n > 1 else extra
 
 

@@ -27,6 +27,7 @@ from ragtune.settings import EMBEDDED_GGUF_FILE, GenerationSettings
 from service.generation.base import (
     AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
 )
+from service.generation.structured import JsonConstraints, check_response_format
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -131,6 +132,7 @@ class LocalGenerator:
         self._max_queue = settings.max_queue
         self._pending = 0  # jobs submitted and not finished (the running one included)
         self.tokens = ChatTokens(self.tokenizer)
+        self.json = JsonConstraints(self.tokenizer, self.model.config.vocab_size)  # response_format
         self._peft = None  # the PeftModel around self.model once an adapter is loaded
         self._adapters: dict[str, Path] = {}  # changed on the worker thread only
         self._served: tuple[str, ...] = ()  # its names, swapped whole: the event loop reads it any time
@@ -146,7 +148,7 @@ class LocalGenerator:
     def _run(self, messages: Messages, params: GenerationParams, on_text=None, cancelled: threading.Event | None = None) -> Completion:
         """Blocking generation on the worker thread; `on_text` receives decoded pieces. Setting
         `cancelled` ends it at the next token."""
-        from transformers import StoppingCriteriaList, TextStreamer
+        from transformers import LogitsProcessorList, StoppingCriteriaList, TextStreamer
 
         if cancelled is not None and cancelled.is_set():  # its client left while it waited
             return Completion("", 0, 0, "cancelled", params.model or self.model_name)
@@ -159,6 +161,12 @@ class LocalGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         halt = _Halt(self._torch, self.tokenizer, input_ids.shape[1], params.stop, cancelled)
         kwargs["stopping_criteria"] = StoppingCriteriaList([halt])
+        unknown = [k for k in params.extra if k != "response_format"]
+        if unknown:  # the routes refuse these first; never ignore one that slipped through
+            raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
+        schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
+        if schema is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([self.json.processor(schema)])
         if params.seed is not None:
             self._torch.manual_seed(params.seed)
         if on_text is not None:
