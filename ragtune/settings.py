@@ -105,6 +105,13 @@ class RetrievalSettings(BaseModel):
         description="Fuse BM25 (lexical) with dense results by reciprocal rank fusion. On by default: it "
         "raises recall on the SQuAD benchmark (see README, Retrieval quality).",
     )
+    followups: Literal["prepend", "model", "off"] = Field(
+        "prepend",
+        description="How a follow-up question in a chat is turned into a search query. prepend: the previous user "
+        "message, then the question (free). model: the generation model rewrites it into a standalone question (a "
+        "short prompt, 48 tokens at most; seconds on a CPU), falling back to prepend if the rewrite is empty or too "
+        "long. off: the last user message alone. The ledger shows the query used.",
+    )
     fusion_depth: int = Field(50, ge=1, description="Candidates each ranking contributes to the fusion.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: 1 / (rrf_k + rank).")
 
@@ -117,6 +124,11 @@ class PromptSettings(BaseModel):
     context_template: str = Field(
         "Passages:\n\n{passages}\n\nQuestion: {question}",
         description="The user turn carrying the passages; fields: passages, question.",
+    )
+    min_passage_tokens: int = Field(
+        256, ge=0,
+        description="Tokens of the budget kept for passages: a conversation's oldest turns are dropped (the ledger "
+        "says how many) before passages are cut below this.",
     )
     decline_answer: str = Field(
         "I do not know: the passages do not say.",

@@ -164,9 +164,12 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         question = turns[last_user]["content"]
         limits.check_question(question, service, "messages")
         history, tail = turns[:last_user], turns[last_user + 1 :]
+        retrieval = body.retrieval or RetrievalOptions()
+        query, query_from = await rag.search_query(question, history) if retrieval.enabled else (question, "question")
         prepared = await unless_gone(
-            request, rag.prepare_async(question, history, body.retrieval, params.max_tokens, system, tail)
+            request, rag.prepare_async(question, history, retrieval, params.max_tokens, system, tail, query)
         )
+        prepared.query_from = query_from
         cid = completion_id()
         model = body.model
         if body.stream:
@@ -175,6 +178,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         completion = await unless_gone(request, rag.complete(prepared, params))
         return JSONResponse(chat_response(
             cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations, completion.choices,
+            _ledger(prepared),
         ))
 
     def openapi() -> dict:
@@ -213,14 +217,15 @@ def _unix(stamp: str) -> int:
 
 def _ledger(prepared: Prepared) -> dict:
     if prepared.ledger is None:
-        return {"retrieval": "disabled"}
+        return {"retrieval": "disabled", "dropped_turns": prepared.dropped_turns}
     ledger = prepared.ledger
     return {
+        "query": ledger.query, "query_from": prepared.query_from,
         "context_window": ledger.context_window, "reserved_answer_tokens": ledger.reserved_answer_tokens,
         "base_tokens": ledger.base_tokens, "budget": ledger.budget, "prompt_tokens": ledger.prompt_tokens,
         "join_tokens": ledger.join_tokens, "demonstrations": ledger.demonstrations,
-        "demonstration_tokens": ledger.demonstration_tokens, "retrieved": ledger.retrieved, "packed": ledger.packed,
-        "dropped": ledger.dropped,
+        "demonstration_tokens": ledger.demonstration_tokens, "dropped_turns": ledger.dropped_turns,
+        "retrieved": ledger.retrieved, "packed": ledger.packed, "dropped": ledger.dropped,
     }
 
 

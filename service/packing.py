@@ -55,6 +55,8 @@ class Ledger:
     prompt_tokens: int = 0
     demonstrations: int = 0  # few-shot pairs shown (earlier turns), counted in base_tokens
     demonstration_tokens: int = 0
+    dropped_turns: int = 0  # the conversation's oldest messages, left out so passages keep their floor
+    query: str | None = None  # what retrieval searched with (a follow-up made standalone, or the question)
 
     @property
     def join_tokens(self) -> int:
@@ -104,6 +106,21 @@ class Packer:
                 f"is {window}; shorten the conversation or lower max_tokens", param="messages",
             )
         return tokens
+
+    def fit_history(
+        self, question: str, history: Messages, system: str | None, answer_tokens: int, tail: Messages, floor: int,
+    ) -> tuple[Messages, int]:
+        """The history without its oldest exchanges, as many as must go for the rest of the prompt to
+        leave `floor` tokens (for passages) besides the answer's reserve: (history, messages dropped)."""
+        room = self.generator.context_window - answer_tokens - floor
+        dropped = 0
+        while history and self.generator.count_chat_tokens(self.messages(question, history, [], system, tail)) > room:
+            history = history[1:]
+            dropped += 1
+            while history and history[0]["role"] != "user":  # whole exchanges: never start on an answer
+                history = history[1:]
+                dropped += 1
+        return history, dropped
 
     def messages(
         self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None, tail: Messages = (),
@@ -177,12 +194,15 @@ class Packer:
         answer_tokens: int, system: str | None = None, demonstrations: list[tuple[str, str]] = (), tail: Messages = (),
     ) -> tuple[Messages, list[Passage], Ledger]:
         window = self.generator.context_window
+        floor = min(self.prompt.min_passage_tokens, max(0, window - answer_tokens) // 2)
+        history, dropped_turns = self.fit_history(question, history, system, answer_tokens, tail, floor)
         # Everything but the passages: system prompt, demonstrations, history, question, and the template.
         history, base, shown, demo_tokens = self._with_demonstrations(
             question, history, system, answer_tokens, demonstrations, tail
         )
         ledger = Ledger(window, answer_tokens, base, window - answer_tokens - base)
         ledger.demonstrations, ledger.demonstration_tokens = shown, demo_tokens
+        ledger.dropped_turns = dropped_turns
         ledger.retrieved = [retrieved_entry(h) for h in hits + below_score]
         ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "below_score"} for h in below_score]
         if window - answer_tokens - base < 0:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ragtune.errors import ContextLengthExceeded, UnknownModel, UsageError
+from ragtune.errors import ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
 from ragtune.settings import Settings
 from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
 from service.fewshot import Demonstrations
@@ -17,6 +17,10 @@ from service.protocol import Citation, RetrievalOptions, Usage
 from service.retrieval import Filters, Retriever
 
 SNIPPET_CHARS = 240
+REWRITE_INSTRUCTION = (
+    "Rewrite the follow-up question as one standalone question that names what it refers to. "
+    "Answer with the question only."
+)
 
 
 @dataclass
@@ -26,6 +30,8 @@ class Prepared:
     ledger: Ledger | None = None
     index_version: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    dropped_turns: int = 0  # oldest conversation messages left out to fit
+    query_from: str = "question"  # how the search query was made (see RagPipeline.search_query)
 
     @property
     def citations(self) -> list[Citation]:
@@ -73,10 +79,11 @@ class RagPipeline:
 
     def prepare(
         self, question: str, history: Messages, options: RetrievalOptions | None, answer_tokens: int,
-        system: str | None = None, tail: Messages = (),
+        system: str | None = None, tail: Messages = (), query: str | None = None,
     ) -> Prepared:
         """Blocking (embedding, FAISS, tokenizer): call it off the event loop. `tail`: the turns
-        after the question (an assistant's tool calls and the tools' results), kept after it."""
+        after the question (an assistant's tool calls and the tools' results), kept after it.
+        `query`: what to search with, when it is not the question itself (a chat's follow-up)."""
         options = options or RetrievalOptions()
         window = self.generator.context_window
         if answer_tokens >= window:
@@ -86,23 +93,50 @@ class RagPipeline:
             )
         if not options.enabled:
             started = time.perf_counter()
+            history, dropped = self.packer.fit_history(question, history, system, answer_tokens, tail, 0)
             messages = self.packer.messages(question, history, None, system, tail)
-            self.packer.check_fits(messages, answer_tokens)  # no passages to drop: too long is a 400
-            return Prepared(messages, timings_ms={"retrieval": 0.0, "packing": (time.perf_counter() - started) * 1000})
+            self.packer.check_fits(messages, answer_tokens)  # the last message alone is too long: a 400
+            timings = {"retrieval": 0.0, "packing": (time.perf_counter() - started) * 1000}
+            return Prepared(messages, timings_ms=timings, dropped_turns=dropped)
         started = time.perf_counter()
         filters = Filters(tuple(options.doc_ids), options.source_prefix, dict(options.metadata))
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
         snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
-        vector = self.retriever.embedder.embed([question])  # for passages and demonstrations alike
-        hits, below = self.retriever.search(question, top_k, filters, min_score, snapshot, options.hybrid, vector)
+        query = query or question
+        vector = self.retriever.embedder.embed([query])  # for passages and demonstrations alike
+        hits, below = self.retriever.search(query, top_k, filters, min_score, snapshot, options.hybrid, vector)
         demos = self._demonstrations(question, vector, options)
         version = snapshot.version_id
         retrieved = time.perf_counter()
         messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system, demos, tail)
         packed = time.perf_counter()
         timings = {"retrieval": (retrieved - started) * 1000, "packing": (packed - retrieved) * 1000}
-        return Prepared(messages, passages, ledger, version, timings)
+        ledger.query = query
+        return Prepared(messages, passages, ledger, version, timings, ledger.dropped_turns)
+
+    async def search_query(self, question: str, history: Messages) -> tuple[str, str]:
+        """(what a chat's last question is searched with, how it was made): a follow-up is made
+        standalone from the conversation (setting retrieval.followups)."""
+        previous = [t["content"] for t in history if t["role"] == "user" and t.get("content")]
+        mode = self.settings.retrieval.followups
+        if not previous or mode == "off":
+            return question, "question"
+        prepended = f"{previous[-1]}\n{question}"
+        if mode == "prepend":
+            return prepended, "prepended"
+        recent = "\n".join(f"{t['role']}: {t['content'][:500]}" for t in history[-4:] if t.get("content"))
+        prompt = [
+            {"role": "system", "content": REWRITE_INSTRUCTION},
+            {"role": "user", "content": f"Conversation:\n{recent}\n\nFollow-up question: {question}"},
+        ]
+        try:
+            rewritten = (await self.generator.generate(prompt, GenerationParams(max_tokens=48, stop=("\n",)))).text.strip()
+        except RagtuneError:  # a busy or failing backend: the cheap way still works
+            return prepended, "prepended (rewrite failed)"
+        if not rewritten or len(rewritten) > 4 * len(prepended):
+            return prepended, "prepended (rewrite unusable)"
+        return rewritten, "rewritten"
 
     def _demonstrations(self, question: str, vector, options: RetrievalOptions) -> list[tuple[str, str]]:
         k = self.settings.fewshot.k if options.fewshot_k is None else options.fewshot_k

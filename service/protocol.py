@@ -183,7 +183,7 @@ def completion_id() -> str:
 
 
 def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, sources: list[Citation],
-                  choices: list[dict] | None = None) -> dict:
+                  choices: list[dict] | None = None, ledger: dict | None = None) -> dict:
     """`choices`: the backend's own (pass-through), else one made of `text` and `finish`."""
     return {
         "id": cid,
@@ -194,6 +194,7 @@ def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, so
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
         "usage": usage.model_dump(),
         "sources": [s.model_dump() for s in sources],  # ragtune extension
+        "ledger": ledger,  # ragtune extension: what was searched, packed, dropped
     }
 
 

@@ -256,3 +256,55 @@ def test_structured_output_on_the_embedded_engine(client):
         assert isinstance(json.loads(text), dict)
     else:  # cut by max_tokens: still the start of an object
         assert text.startswith("{")
+
+
+VICTORIA = [{"role": "user", "content": "Tell me about Victoria in Australia."},
+            {"role": "assistant", "content": "Victoria is a state in the south-east of Australia."}]
+
+
+def test_a_follow_up_question_retrieves_with_the_conversation(client):
+    follow_up = {"role": "user", "content": "What is its largest city?"}
+    alone = client.chat.completions.create(model=BASE_MODEL, messages=[follow_up], max_tokens=2)
+    assert not alone.model_extra["sources"][0]["doc_id"].endswith("#Victoria_(Australia)-5")  # "its" is nobody's
+    answered = client.chat.completions.create(model=BASE_MODEL, messages=[*VICTORIA, follow_up], max_tokens=2)
+    assert answered.model_extra["sources"][0]["doc_id"].endswith("#Victoria_(Australia)-5")  # the paragraph on Melbourne
+    ledger = answered.model_extra["ledger"]
+    assert ledger["query"] == "Tell me about Victoria in Australia.\nWhat is its largest city?"
+    assert ledger["query_from"] == "prepended" and ledger["dropped_turns"] == 0
+
+
+def test_a_long_conversation_drops_its_oldest_turns_not_the_question(client):
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}: " + "filler " * 200} for i in range(12)]
+    question = {"role": "user", "content": "Who was the duke in the battle of Hastings?"}
+    answered = client.chat.completions.create(model=BASE_MODEL, messages=[*history, question], max_tokens=8)
+    ledger = answered.model_extra["ledger"]
+    assert ledger["dropped_turns"] >= 2 and ledger["dropped_turns"] % 2 == 0  # whole exchanges, oldest first
+    assert ledger["packed"] and ledger["budget"] >= 256  # passages kept their floor (prompt.min_passage_tokens)
+    assert answered.usage.prompt_tokens + 8 <= 2048
+    bare = client.chat.completions.create(model=BASE_MODEL, messages=[*history, question], max_tokens=8,
+                                          extra_body={"retrieval": {"enabled": False}})
+    assert bare.model_extra["ledger"]["dropped_turns"] >= 1 and bare.usage.prompt_tokens + 8 <= 2048
+
+
+def test_the_model_can_rewrite_a_follow_up_into_a_standalone_query(squad_index, embedder):
+    """retrieval.followups = model: the embedded model writes the query (or, when its rewrite is unusable, the
+    cheap prepend is used); either way the ledger says which."""
+    import asyncio
+
+    from ragtune.settings import GenerationSettings, get_settings
+    from service.generation.local import LocalGenerator
+    from service.pipeline import build_pipeline
+
+    settings = get_settings(retrieval={"followups": "model"})
+    settings.index.dir = squad_index
+    generator = LocalGenerator(GenerationSettings())
+    rag = build_pipeline(settings, embedder, generator)
+    question = "What is its largest city?"
+    query, how = asyncio.run(rag.search_query(question, VICTORIA))
+    assert how in ("rewritten", "prepended (rewrite unusable)") and query.strip()
+    if how == "rewritten":
+        assert "\n" not in query and len(query) < 400
+    assert asyncio.run(rag.search_query(question, [])) == (question, "question")  # nothing to follow up on
+    prepared = rag.prepare(question, VICTORIA, None, 8, query=query)
+    assert prepared.ledger.query == query
+    rag.offload.close()
