@@ -1,0 +1,64 @@
+"""The clients people already point at `/v1`, against the real service (`ragtune serve`, the
+embedded engine, a real index): LangChain's ChatOpenAI and LlamaIndex's OpenAILike, as they are
+configured in their own documentation for an OpenAI-compatible server. (The official openai
+client is in test_service_e2e.py; on vLLM, in test_real_vllm.py.)"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.helpers import Server, free_port, ragtune_cmd
+
+pytestmark = pytest.mark.slow
+BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+QUESTION = "Who was the duke in the battle of Hastings?"
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, squad_index):
+    log = tmp_path_factory.mktemp("clients") / "server.log"
+    port = free_port()
+    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log) as served:
+        yield f"{served.start('/ready').url}/v1"
+
+
+def test_langchain_chat_openai(url):
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=BASE_MODEL, base_url=url, api_key="unused", max_tokens=40, temperature=0, max_retries=0)
+    assert "William" in llm.invoke(QUESTION).content
+    streamed = "".join(chunk.content for chunk in llm.stream("In what country is Normandy located?"))
+    assert streamed.strip()
+
+    class Battle(BaseModel):
+        duke: str = Field(description="The duke's name", max_length=40)
+        year: int
+
+    battle = llm.with_structured_output(Battle, method="json_schema").invoke(f"{QUESTION} In which year?")
+    assert isinstance(battle, Battle) and battle.duke  # valid JSON for the schema, enforced by the engine
+
+    @tool
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    with pytest.raises(openai.BadRequestError, match="tools: not supported .* local backend"):
+        llm.bind_tools([weather]).invoke("What is the weather in Paris?")  # refused by name, never ignored
+
+
+def test_llama_index_openai_like(url):
+    from llama_index.llms.openai_like import OpenAILike
+
+    completions = OpenAILike(model=BASE_MODEL, api_base=url, api_key="unused", max_tokens=40, temperature=0,
+                             is_chat_model=False, context_window=2048, max_retries=0)
+    assert "William" in completions.complete(QUESTION).text  # POST /v1/completions, its default path
+    assert "".join(r.delta for r in completions.stream_complete("In what country is Normandy located?")).strip()
+
+    chat = OpenAILike(model=BASE_MODEL, api_base=url, api_key="unused", max_tokens=40, temperature=0,
+                      is_chat_model=True, context_window=2048, max_retries=0)
+    from llama_index.core.llms import ChatMessage
+
+    assert "William" in chat.chat([ChatMessage(role="user", content=QUESTION)]).message.content
