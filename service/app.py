@@ -178,7 +178,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         completion = await unless_gone(request, rag.complete(prepared, params))
         return JSONResponse(chat_response(
             cid, model, completion.text, completion.finish_reason, usage_of(completion), prepared.citations, completion.choices,
-            _ledger(prepared),
+            _ledger(prepared), completion.logprobs,
         ))
 
     def openapi() -> dict:

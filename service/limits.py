@@ -84,5 +84,15 @@ def check_chat(body: ChatCompletionRequest, limits: ServiceSettings, backend: st
                         "max_message_chars")
     _check_stop(body, limits)
     _check_retrieval(body.retrieval, None, limits, "retrieval")
-    if backend == "local" and "response_format" in (body.model_extra or {}):
-        check_response_format(body.model_extra["response_format"])  # its shape, before any answer starts
+    extra = body.model_extra or {}
+    if backend == "local" and "response_format" in extra:
+        check_response_format(extra["response_format"])  # its shape, before any answer starts
+    top = extra.get("top_logprobs")
+    if top is not None and (type(top) is not int or not 0 <= top <= 20):
+        raise UsageError("top_logprobs: an integer from 0 to 20", param="top_logprobs")
+    if "logprobs" in extra and type(extra["logprobs"]) is not bool and extra["logprobs"] is not None:
+        raise UsageError("logprobs: true or false", param="logprobs")
+    if top and not extra.get("logprobs"):
+        raise UsageError("top_logprobs: needs logprobs: true", param="top_logprobs")
+    if backend == "local" and extra.get("logprobs") and body.stream:
+        raise UsageError("logprobs: the local backend gives them without stream only; leave one out", param="logprobs")

@@ -136,7 +136,7 @@ class StreamOptions(BaseModel):
 HONOURED_FIELDS = {
     "vllm": ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
              "presence_penalty", "frequency_penalty", "logit_bias"),
-    "local": ("response_format",),
+    "local": ("response_format", "logprobs", "top_logprobs"),
 }
 # OpenAI chat fields a backend may not honour. A request may send them with a value that asks
 # for nothing (null, false, 0, empty, a plain-text response format); any other value is refused
@@ -183,7 +183,7 @@ def completion_id() -> str:
 
 
 def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, sources: list[Citation],
-                  choices: list[dict] | None = None, ledger: dict | None = None) -> dict:
+                  choices: list[dict] | None = None, ledger: dict | None = None, logprobs: list[dict] | None = None) -> dict:
     """`choices`: the backend's own (pass-through), else one made of `text` and `finish`."""
     return {
         "id": cid,
@@ -191,7 +191,8 @@ def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, so
         "created": int(time.time()),
         "model": model,
         "choices": choices if choices is not None else [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+             "logprobs": {"content": logprobs} if logprobs is not None else None}],
         "usage": usage.model_dump(),
         "sources": [s.model_dump() for s in sources],  # ragtune extension
         "ledger": ledger,  # ragtune extension: what was searched, packed, dropped

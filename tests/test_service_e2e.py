@@ -308,3 +308,15 @@ def test_the_model_can_rewrite_a_follow_up_into_a_standalone_query(squad_index, 
     prepared = rag.prepare(question, VICTORIA, None, 8, query=query)
     assert prepared.ledger.query == query
     rag.offload.close()
+
+
+def test_logprobs_on_the_embedded_engine(client):
+    """From the scores the engine computes anyway: greedy decoding picks each step's likeliest token."""
+    response = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Where is Normandy?"}],
+                                              max_tokens=6, logprobs=True, top_logprobs=3)
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    for step in content:
+        assert step.logprob <= 0 and len(step.top_logprobs) == 3
+        assert step.top_logprobs[0].token == step.token and abs(step.top_logprobs[0].logprob - step.logprob) < 1e-6
+        assert step.top_logprobs[0].logprob >= step.top_logprobs[1].logprob >= step.top_logprobs[2].logprob

@@ -30,6 +30,7 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     model: str
     choices: list[dict] | None = None  # the backend's own choices, when `params.extra` asked for pass-through
+    logprobs: list[dict] | None = None  # OpenAI's logprobs.content, from an engine that computes them itself
 
 
 @dataclass

@@ -161,7 +161,7 @@ class LocalGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         halt = _Halt(self._torch, self.tokenizer, input_ids.shape[1], params.stop, cancelled)
         kwargs["stopping_criteria"] = StoppingCriteriaList([halt])
-        unknown = [k for k in params.extra if k != "response_format"]
+        unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
         if unknown:  # the routes refuse these first; never ignore one that slipped through
             raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
         schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
@@ -174,15 +174,37 @@ class LocalGenerator:
             streamer.on_finalized_text = lambda text, stream_end=False: on_text(text)
             kwargs["streamer"] = streamer
         with self._torch.inference_mode(), self._selected(params.model) as model:
+            want_logprobs = bool(params.extra.get("logprobs"))
+            if want_logprobs:  # the raw logits of every step, as the model scored them
+                kwargs.update(output_logits=True, return_dict_in_generate=True)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        new_ids = output[0, input_ids.shape[1] :]
+        sequences = output.sequences if want_logprobs else output
+        new_ids = sequences[0, input_ids.shape[1] :]
+        logprobs = self._logprobs(output.logits, new_ids, params.extra.get("top_logprobs") or 0) if want_logprobs else None
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         ended_by_eos = len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id
         cut = _stop_at(text, params.stop)
         if cut is not None:
             text = text[:cut]
         finish = "stop" if ended_by_eos or cut is not None or len(new_ids) < params.max_tokens else "length"
-        return Completion(text.strip(), int(input_ids.shape[1]), int(len(new_ids)), finish, params.model or self.model_name)
+        return Completion(
+            text.strip(), int(input_ids.shape[1]), int(len(new_ids)), finish, params.model or self.model_name, logprobs=logprobs,
+        )
+
+    def _logprobs(self, logits, new_ids, top: int) -> list[dict]:
+        """OpenAI's `logprobs.content`: each generated token's log probability under the model, and the `top` likeliest."""
+        def entry(token_id: int, logprob: float) -> dict:
+            token = self.tokenizer.decode([token_id])
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+        content = []
+        for step, token_id in zip(logits, new_ids.tolist()):
+            scores = self._torch.log_softmax(step[0].float(), dim=-1)
+            item = entry(token_id, float(scores[token_id]))
+            best = self._torch.topk(scores, top) if top else None
+            item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(best.values, best.indices)] if top else []
+            content.append(item)
+        return content
 
     def _submit(self, *args) -> asyncio.Future:
         """Queue a job for the one worker, if fewer than `generation.max_queue` wait already.
