@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.adapters import fake_adapter, lora_tensors
 from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
@@ -382,3 +383,28 @@ def test_the_imitation_answers_as_real_vllm_does(vllm, logs, tmp_path):
         for fake_chunk, real_chunk in ((streams[0][0], streams[1][0]), (streams[0][-1], streams[1][-1])):
             assert not covered(shape(fake_chunk), shape(real_chunk)), (fake_chunk, real_chunk)
         assert streams[0][-1]["choices"] == [] == streams[1][-1]["choices"]
+
+
+def test_langchain_and_llama_index_on_vllm(service):
+    """The same clients as tests/test_clients.py, on the vLLM backend: tool calls and structured output round-trip."""
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from llama_index.llms.openai_like import OpenAILike
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city now."""
+        return "sunny"
+
+    llm = ChatOpenAI(model=BASE_MODEL, base_url=f"{service}/v1", api_key="unused", max_tokens=60, temperature=0, max_retries=0,
+                     extra_body=NO_RETRIEVAL)
+    called = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather" and "city" in called.tool_calls[0]["args"]
+
+    class Answer(BaseModel):
+        answer: str = Field(max_length=40)
+
+    assert isinstance(llm.with_structured_output(Answer, method="json_schema").invoke("Where is Normandy?"), Answer)
+    completions = OpenAILike(model=BASE_MODEL, api_base=f"{service}/v1", api_key="unused", max_tokens=20,
+                             is_chat_model=False, context_window=2048, max_retries=0)
+    assert completions.complete("In what country is Normandy located?").text.strip()
