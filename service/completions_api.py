@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field
 from ragtune.errors import UsageError
 from ragtune.settings import Settings
 from service import errors, limits
-from service.http import parse_json, sse, unless_gone
+from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import UNSUPPORTED_CHAT_FIELDS, RetrievalOptions, SamplingFields, StreamOptions, neutral
 
@@ -47,8 +47,7 @@ def router(settings: Settings, dependencies: list) -> APIRouter:
     api = APIRouter(dependencies=dependencies, responses=errors.RESPONSES)
     service = settings.service
 
-    @api.post("/v1/completions", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}})
+    @api.post("/v1/completions", openapi_extra=json_body(CompletionRequest))
     async def completions(request: Request):
         body: CompletionRequest = await parse_json(request, CompletionRequest, service)
         refused = body.refused()

@@ -4,18 +4,17 @@ the vectors the index holds for the same text (normalised, float32), as floats o
 from __future__ import annotations
 
 import base64
-import json
 from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragtune.errors import ContextLengthExceeded, UnknownModel, UsageError
 from ragtune.settings import ServiceSettings
 from service import errors
-from service.http import parse_json
+from service.http import json_body, parse_json
 
 MAX_INPUTS = 256  # texts in one request (OpenAI allows 2,048; each costs a forward pass on CPU)
 
@@ -32,9 +31,8 @@ class EmbeddingRequest(BaseModel):
 def router(service: ServiceSettings, dependencies: list) -> APIRouter:
     api = APIRouter(dependencies=dependencies, responses=errors.RESPONSES)
 
-    @api.post("/v1/embeddings", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}}})
-    async def embeddings(request: Request) -> Response:
+    @api.post("/v1/embeddings", openapi_extra=json_body(EmbeddingRequest))
+    async def embeddings(request: Request) -> JSONResponse:
         body: EmbeddingRequest = await parse_json(request, EmbeddingRequest, service)
         rag = request.app.state.pipeline
         embedder = rag.retriever.embedder
@@ -66,7 +64,6 @@ def router(service: ServiceSettings, dependencies: list) -> APIRouter:
             for i, v in enumerate(vectors)
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return Response(json.dumps({"object": "list", "data": data, "model": embedder.name, "usage": usage}),
-                        media_type="application/json")
+        return JSONResponse({"object": "list", "data": data, "model": embedder.name, "usage": usage})
 
     return api

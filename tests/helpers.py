@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -69,3 +71,12 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def serving(index: Path, log_dir: Path, **env: str) -> Iterator[Server]:
+    """`ragtune serve` on `index`, on a free port with its log in `log_dir`, ready; stopped after."""
+    port = free_port()
+    cmd = ragtune_cmd("serve", "--index-dir", str(index), "--port", str(port))
+    with Server(cmd, port, log_dir / "server.log", ragtune_env(**env)) as served:
+        yield served.start("/ready")

@@ -9,7 +9,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.helpers import Server, free_port, ragtune_cmd
+from tests.helpers import serving
 
 pytestmark = pytest.mark.slow
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -18,10 +18,8 @@ QUESTION = "Who was the duke in the battle of Hastings?"
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory, squad_index):
-    log = tmp_path_factory.mktemp("clients") / "server.log"
-    port = free_port()
-    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log) as served:
-        yield f"{served.start('/ready').url}/v1"
+    with serving(squad_index, tmp_path_factory.mktemp("clients")) as server:
+        yield f"{server.url}/v1"
 
 
 def test_langchain_chat_openai(url):

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
+from tests.helpers import serving
 
 pytestmark = pytest.mark.slow
 QUESTION = {"question": "Who was the duke in the battle of Hastings?", "max_tokens": 1}
@@ -20,11 +20,9 @@ QUESTION = {"question": "Who was the duke in the battle of Hastings?", "max_toke
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, squad_index):
-    log = tmp_path_factory.mktemp("limits") / "server.log"
-    port = free_port()
-    env = ragtune_env(RAGTUNE_GENERATION__MAX_QUEUE="2", RAGTUNE_SERVICE__HEADER_TIMEOUT_SECONDS="1")
-    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log, env) as served:
-        yield served.start("/ready")
+    limited = {"RAGTUNE_GENERATION__MAX_QUEUE": "2", "RAGTUNE_SERVICE__HEADER_TIMEOUT_SECONDS": "1"}
+    with serving(squad_index, tmp_path_factory.mktemp("limits"), **limited) as served:
+        yield served
 
 
 def post(url: str, body: dict, timeout: float = 120) -> httpx.Response:

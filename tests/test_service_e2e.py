@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, free_port, ragtune_cmd, ragtune_env
+from tests.helpers import serving
 
 pytestmark = pytest.mark.slow
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -17,11 +17,9 @@ BROWSER_APP = "http://app.example"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, squad_index):
-    log = tmp_path_factory.mktemp("service") / "server.log"
-    port = free_port()
-    env = ragtune_env(RAGTUNE_SERVICE__CORS_ORIGINS=json.dumps([BROWSER_APP]))
-    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, log, env) as served:
-        yield served.start("/ready").url
+    cors = json.dumps([BROWSER_APP])
+    with serving(squad_index, tmp_path_factory.mktemp("service"), RAGTUNE_SERVICE__CORS_ORIGINS=cors) as served:
+        yield served.url
 
 
 @pytest.fixture
