@@ -94,7 +94,7 @@ def run_embedded(prompts, max_tokens: int, dtype: str) -> tuple[list, list]:
 
 def start_vllm(port: int, log: Path) -> subprocess.Popen:
     from ragtune.settings import GenerationSettings
-    from service.generation.local import converted_model_dir
+    from service.generation.model_files import converted_model_dir
 
     python = REPO / ".venv-vllm" / "bin" / "python"
     if not python.exists():

@@ -68,7 +68,7 @@ def run_trainer(data: Path, args) -> dict:
     from finetune.data import load_training_data
     from finetune.examples import encode
     from ragtune.settings import get_settings
-    from service.generation.local import converted_model_dir
+    from service.generation.model_files import converted_model_dir
     from service.generation.tokens import ChatTokens
 
     settings = get_settings()

@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from ragtune.runtime import serving_thread_policy  # noqa: E402
-from service.generation.zero import ZeroCostGenerator  # noqa: E402
+from service.generation.fake import FakeGenerator  # noqa: E402
 
 serving_thread_policy()  # as `ragtune serve` does; the direct baseline runs under the same policy
 
@@ -119,7 +119,8 @@ def _serve_zero_cost(index_dir: str, port: int, log: str) -> None:
         os.dup2(sink.fileno(), sys.stderr.fileno())
     settings = get_settings()
     settings.index.dir = Path(index_dir)
-    zero = ZeroCostGenerator(LocalGenerator(settings.generation))
+    real = LocalGenerator(settings.generation)
+    zero = FakeGenerator(real.model_name, counter=real, reply="")  # packing counts with the real tokenizer
     app = create_app(settings, generator=zero, embedder=load_embedder(settings.embedding))
     run_server(app, settings.service, "127.0.0.1", port)
 
@@ -219,7 +220,7 @@ class StdlibClient:
 def query_path(size: int, queries: list[str], paragraphs, embedder, real_generator) -> None:
     from ragtune.settings import get_settings
     from service.pipeline import build_pipeline
-    from service.protocol import RetrievalOptions
+    from service.schema import RetrievalOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = get_settings()
@@ -227,7 +228,7 @@ def query_path(size: int, queries: list[str], paragraphs, embedder, real_generat
         started = time.perf_counter()
         build_index(settings.index.dir, size, paragraphs, embedder, settings)
         built = time.perf_counter() - started
-        zero = ZeroCostGenerator(real_generator)
+        zero = FakeGenerator(real_generator.model_name, counter=real_generator, reply="")
         rag = build_pipeline(settings, embedder, zero)
         snapshot = rag.retriever.snapshot()
         snapshot.lexical()  # loaded once, as the service does on its first hybrid request

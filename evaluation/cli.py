@@ -26,7 +26,8 @@ def squad(
     seed: Annotated[int, typer.Option(help="Seeds the split.")] = 0,
 ) -> None:
     """Turn SQuAD into a corpus to index and QA halves to train and evaluate on (split by paragraph)."""
-    from evaluation.qa import QAError, qa_record, split_squad, write_jsonl
+    from evaluation.qa import qa_record, split_squad, write_jsonl
+    from ragtune.qa import QAError
 
     try:
         data = json.loads(Path(squad_file).read_text())
@@ -68,7 +69,8 @@ def run_eval(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from evaluation import report as reports
-    from evaluation.qa import read_qa, select
+    from evaluation.qa import select
+    from ragtune.qa import read_qa
     from evaluation.runner import InProcess, Remote, Request, Strategy, run
     from ragtune.errors import UsageError
 

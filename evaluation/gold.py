@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 
-from evaluation.qa import QAItem
+from ragtune.qa import QAItem
 
 SHINGLE = 5
 SHARED = 0.5

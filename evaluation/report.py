@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from evaluation.metrics import summarize
-from evaluation.qa import QASet
+from ragtune.qa import QASet
 from evaluation.runner import Run
 
 # (key in the summary, label, higher is better, shown as a percentage)

@@ -25,11 +25,11 @@ import httpx
 
 from evaluation.gold import GoldIndex, doc_matches
 from evaluation.metrics import Outcome, answer_score, declines, exact_match, token_f1
-from evaluation.qa import QAItem
+from ragtune.qa import QAItem
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings
 from service.generation.base import GenerationParams
-from service.protocol import RetrievalOptions
+from service.schema import RetrievalOptions
 
 STRATEGY_HELP = "zero-shot, rag, few-shot, adapter:<name>, rag+adapter:<name>"
 
@@ -135,7 +135,7 @@ class InProcess:
             raise UsageError("the few-shot strategy needs demonstrations: pass --demonstrations FILE (QA JSONL)")
         wanted = sorted({s.adapter for s in strategies if s.adapter})
         if wanted:
-            from finetune.registry import Registry
+            from ragtune.registry import Registry
 
             self._registry = Registry(
                 self.settings.adapters, self.settings.generation.model,

@@ -31,7 +31,7 @@ def _settings(index_dir: Path | None = None, adapters_dir: Path | None = None):
 
 
 def _registry(adapters_dir: Path | None):
-    from finetune.registry import Registry
+    from ragtune.registry import Registry
 
     settings = _settings(adapters_dir=adapters_dir)
     return Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))

@@ -4,9 +4,9 @@ Accepted per line (one JSON object):
 - chat:        {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
                every assistant turn is a target; the last turn must be the assistant's;
 - instruction: {"prompt": "...", "completion": "..."} or {"instruction": "...", "input": "...", "output": "..."};
-- QA pair:     {"question": "...", "answer": "..."} (or "answers": ["...", ...], the first is the
-               target), optional "context" (a passage), optional "answerable": false (the target
-               is then the prompt settings' decline answer).
+- QA pair:     the QA format of ragtune/qa.py ({"question": "...", "answer"/"answers": ...},
+               optional "context", "answerable"); the first answer is the target, or the
+               prompt settings' decline answer for an unanswerable question.
 
 A bad line is reported with its number and reason and left out; the run refuses an
 empty or all-bad file. QA pairs keep their question and answer apart, so
@@ -16,13 +16,14 @@ retrieval-aware training (finetune/examples.py) can build the served prompt for 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.errors import UsageError
+from ragtune.qa import BadRecord, jsonl_records, parse_item
 from ragtune.settings import PromptSettings
+from service.packing import prompt_messages
 
 ROLES = ("system", "user", "assistant")
 
@@ -105,10 +106,7 @@ def _with_context(question: str, context: str | None, prompt: PromptSettings) ->
     if not context:
         return [{"role": "user", "content": question}]
     passage = prompt.passage_template.format(number=1, title="", text=context, source="").replace("\n\n", "\n")
-    return [
-        {"role": "system", "content": prompt.system_prompt},
-        {"role": "user", "content": prompt.context_template.format(passages=passage, question=question)},
-    ]
+    return prompt_messages(prompt, question, [passage])
 
 
 def parse_record(record: object, line: int, prompt: PromptSettings) -> Example:
@@ -124,22 +122,13 @@ def parse_record(record: object, line: int, prompt: PromptSettings) -> Example:
         user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
         return Example(({"role": "user", "content": user}, {"role": "assistant", "content": answer}), line, "instruction")
     if "question" in record:
-        question = _text(record, "question")
-        answerable = record.get("answerable", True)
-        if not isinstance(answerable, bool):
-            raise _Bad('"answerable" must be true or false')
-        if not answerable:
-            answer = prompt.decline_answer
-        elif "answers" in record:
-            answers = record["answers"]
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-                raise _Bad('"answers" must be a non-empty list of non-empty strings')
-            answer = answers[0]
-        else:
-            answer = _text(record, "answer")
-        context = _text(record, "context", required=False)
-        messages = (*_with_context(question, context, prompt), {"role": "assistant", "content": answer})
-        return Example(messages, line, "qa", question=question, answer=answer, answerable=answerable)
+        try:
+            item = parse_item(record, line)
+        except BadRecord as exc:
+            raise _Bad(str(exc)) from None
+        answer = item.answers[0] if item.answerable else prompt.decline_answer
+        messages = (*_with_context(item.question, item.context, prompt), {"role": "assistant", "content": answer})
+        return Example(messages, line, "qa", question=item.question, answer=answer, answerable=item.answerable)
     keys = ", ".join(sorted(record)) or "none"
     raise _Bad(
         f"no known shape (keys: {keys}); expected messages, prompt/completion, "
@@ -154,14 +143,10 @@ def load_training_data(path: Path, prompt: PromptSettings) -> TrainingData:
         raise DataError(f"training data {path} does not exist (expected a JSONL file)")
     raw = path.read_bytes()
     examples, bad = [], []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(raw):
         try:
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _Bad(f"not valid JSON: {exc}") from None
+            if isinstance(record, BadRecord):
+                raise _Bad(str(record))
             examples.append(parse_record(record, number, prompt))
         except _Bad as exc:
             bad.append(BadLine(number, str(exc)))

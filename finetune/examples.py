@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from finetune.data import Example
 from ragtune.errors import UsageError
 from service.generation.base import Messages
-from service.generation.tokens import ChatTokens
+from service.generation.tokens import ChatCounter, ChatTokens
 
 IGNORE = -100  # label of a token the loss skips (torch's cross_entropy ignore_index)
 
@@ -50,22 +50,6 @@ def encode(tokens: ChatTokens, messages: Messages, line: int) -> Sequence:
     return Sequence(list(encoded["input_ids"]), labels, line)
 
 
-class PromptCounter:
-    """What the packer needs of a generator (a window and token counts), from the training
-    model's tokenizer: no second model is loaded to build prompts."""
-
-    def __init__(self, tokens: ChatTokens, context_window: int, model_name: str):
-        self.tokens = tokens
-        self.context_window = context_window
-        self.model_name = model_name
-
-    def count_chat_tokens(self, messages: Messages) -> int:
-        return self.tokens.chat(messages)
-
-    def count_text_tokens(self, texts: list[str]) -> list[int]:
-        return self.tokens.counts(texts)
-
-
 @dataclass
 class RetrievalReport:
     index_versions: set
@@ -85,7 +69,7 @@ def with_retrieval(examples: list[Example], settings, embedder, tokens: ChatToke
 
     window = min(settings.generation.context_window, settings.finetune.max_seq_length)
     answer_tokens = min(settings.generation.max_answer_tokens, window // 4)
-    pipeline = build_pipeline(settings, embedder, PromptCounter(tokens, window, settings.generation.model))
+    pipeline = build_pipeline(settings, embedder, None, counter=ChatCounter(tokens, window))
     report = RetrievalReport(set())
     out = []
     for example in examples:

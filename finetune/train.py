@@ -26,7 +26,7 @@ from pathlib import Path
 
 from finetune.data import TrainingData, load_training_data
 from finetune.examples import IGNORE, Sequence, encode, with_retrieval
-from finetune.registry import METADATA_FILE, AdapterInfo, Registry, check_name
+from ragtune.registry import METADATA_FILE, AdapterInfo, Registry, check_name
 from ragtune.errors import UsageError
 from ragtune.settings import Settings
 
@@ -61,7 +61,7 @@ def _base_model_dir(settings: Settings) -> Path | str:
         if not path.exists() and settings.finetune.base_model.count("/") == 1:
             return settings.finetune.base_model  # a hub id: transformers fetches it (where a hub is reachable)
         raise UsageError(f"finetune.base_model {path} is not a Hugging Face model directory (no config.json)")
-    from service.generation.local import converted_model_dir
+    from service.generation.model_files import converted_model_dir
 
     return converted_model_dir(settings.generation)  # the GGUF cannot be trained as loaded; its safetensors copy can
 

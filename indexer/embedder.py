@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -23,13 +23,25 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class Embedder(Protocol):
+    """What indexing and retrieval need from an embedding model (SentenceTransformerEmbedder;
+    indexer/fake.py for tests)."""
+
     name: str
     dimension: int
     max_seq_length: int
     fingerprint: str
+    tokenizer: Any  # a Hugging Face tokenizer's call: ids (and offsets) per text; chunks are sized with it
+    special_tokens: int  # added to every text it embeds
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest text (without special tokens) that is embedded without truncation."""
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-normalised float32 vectors, one row per text."""
+
+    def identity(self) -> dict:
+        """What the index records: name, dimension, fingerprint, max_seq_length."""
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -100,7 +112,6 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
-
 
     def identity(self) -> dict:
         return {

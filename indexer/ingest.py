@@ -18,7 +18,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from indexer.chunking import Chunk, Chunker
-from indexer.embedder import SentenceTransformerEmbedder
+from indexer.embedder import Embedder
 from indexer.loaders import SUPPORTED_SUFFIXES, Document, LoadError, load_file
 from indexer.store import EmbedderIdentity
 from indexer.writer import IndexWriter
@@ -111,7 +111,7 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, embedder: SentenceTransformerEmbedder):
+    def __init__(self, settings: Settings, embedder: Embedder):
         self.settings = settings
         self.embedder = embedder
         self.chunker = Chunker(embedder.tokenizer, embedder.max_text_tokens, settings.chunking)

@@ -337,14 +337,8 @@ class ServiceSettings(BaseModel):
     )
     access_log: bool = Field(
         False,
-        description="Log one line per request (uvicorn's access log). Off by default, as in gunicorn: on 2 cores it "
-        "adds ~0.4 ms to each /ask (Python's logging, run right after the embedding has left the CPU caches cold); "
+        description="Log one line per request (uvicorn's access log). Off by default, as in gunicorn; "
         "GET /metrics counts requests by route and status either way.",
-    )
-    prepare_threads: int = Field(
-        2, ge=1, le=64,
-        description="Threads that embed, search and pack requests off the event loop. Each one drives torch's "
-        "intra-op threads over all cores, so more than a few only queue for the same cores.",
     )
     admin_api_key: SecretStr | None = Field(
         None,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from finetune.registry import Registry
+from ragtune.registry import Registry
 from service.generation.base import AdapterSyncReport, Generator
 
 log = logging.getLogger("ragtune.adapters")

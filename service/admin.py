@@ -14,7 +14,7 @@ from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Request
 
-from finetune.registry import ADAPTER_FILES, check_name
+from ragtune.registry import ADAPTER_FILES, check_name
 from ragtune.errors import BackendError, Forbidden, RequestTooLarge, UnsupportedMediaType, UsageError
 from ragtune.settings import ServiceSettings
 from service import errors

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ragtune.errors import RagtuneError, UnknownModel, UsageError
 from ragtune.settings import ServiceSettings, Settings
-from finetune.registry import Registry
+from ragtune.registry import Registry
 from service import admin, completions_api, embeddings_api, errors, limits
 from service.http import json_body, json_response, parse_json, sse, unless_gone
 from service.adapters import AdapterSync
@@ -42,7 +42,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             embedder = await asyncio.to_thread(load_embedder, settings.embedding)
         if generator is None:
             generator = await asyncio.to_thread(create_generator, settings.generation)
-        app.state.pipeline = build_pipeline(settings, embedder, generator, metrics)
+        app.state.pipeline = build_pipeline(settings, embedder, generator, metrics.observe_answer)
         await generator.ready()  # a remote backend reports its context length; a down one is retried per request
         registry = Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
         sync = app.state.adapter_sync = AdapterSync(
@@ -57,7 +57,6 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             yield
         finally:
             reconciler.cancel()
-            app.state.pipeline.offload.close()
             await generator.close()
 
     service = settings.service

@@ -41,7 +41,7 @@ def ask(
     from service.generation import create_generator
     from service.generation.base import GenerationParams
     from service.pipeline import build_pipeline
-    from service.protocol import RetrievalOptions
+    from service.schema import RetrievalOptions
 
     settings = settings_for(index_dir)
     with err.status("Loading models..."):
@@ -57,7 +57,6 @@ def ask(
             prepared = await rag.prepare_async(question, [], RetrievalOptions(top_k=top_k), params.max_tokens)
             return prepared, await rag.complete(prepared, params)
         finally:
-            rag.offload.close()
             await generator.close()
 
     prepared, completion = asyncio.run(answer())

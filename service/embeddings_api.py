@@ -3,6 +3,7 @@ the vectors the index holds for the same text (normalised, float32), as floats o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Literal
 
@@ -57,7 +58,7 @@ def router(service: ServiceSettings, dependencies: list) -> APIRouter:
                 )
             return embedder.embed(texts), sum(counts) + embedder.special_tokens * len(texts)
 
-        vectors, tokens = await rag.offload.run(embed)
+        vectors, tokens = await asyncio.to_thread(embed)
         data = [
             {"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()}

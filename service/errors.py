@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from finetune.registry import AdapterNotFound
+from ragtune.registry import AdapterNotFound
 from ragtune import errors
 from service.protocol import error_body
 

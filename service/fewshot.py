@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.data import load_training_data
-from ragtune.errors import UsageError
+from ragtune.qa import read_qa
 from ragtune.settings import PromptSettings
 
 log = logging.getLogger("ragtune.fewshot")
@@ -25,13 +24,10 @@ class Demonstrations:
     def __init__(self, path: Path, embedder, prompt: PromptSettings):
         import faiss
 
-        data = load_training_data(Path(path), prompt)  # validated like training data; bad lines reported
-        self.pairs = [(e.question, e.answer) for e in data.examples if e.kind == "qa"]
-        if not self.pairs:
-            raise UsageError(f"fewshot.file {path} has no question/answer pairs to show")
-        if data.bad or len(self.pairs) < len(data.examples):
-            log.warning("fewshot.file %s: %d bad lines and %d non-QA examples left out", path, len(data.bad),
-                        len(data.examples) - len(self.pairs))
+        qa = read_qa(Path(path))  # the QA format, as evaluation and training read it; bad lines reported
+        self.pairs = [(item.question, item.answers[0] if item.answerable else prompt.decline_answer) for item in qa.items]
+        if qa.bad:
+            log.warning("fewshot.file %s: %d bad lines left out (first: line %d: %s)", path, len(qa.bad), *qa.bad[0])
         self.embedder = embedder
         vectors = embedder.embed([q for q, _ in self.pairs])
         self.index = faiss.IndexFlatIP(vectors.shape[1])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from service.generation.base import Generator, Messages
+from service.generation.base import Messages, TokenCounter
 from service.retrieval import Hit
 from ragtune.errors import ContextLengthExceeded
 from ragtune.settings import PromptSettings
@@ -84,10 +84,27 @@ def lost_in_the_middle(items: list) -> list:
     return items[0::2] + items[1::2][::-1]
 
 
+def prompt_messages(
+    prompt: PromptSettings, question: str, passages: list[str] | None, history: Messages = (), system: str | None = None,
+    tail: Messages = (),
+) -> Messages:
+    """The chat a model gets, served or trained on: the system prompt and the question with its
+    formatted passages (`None`: no retrieval, the question alone), after the history; `tail`
+    (tool calls and their results) after the question."""
+    if passages is None:
+        user = question
+    else:
+        user = prompt.context_template.format(passages="\n\n".join(passages), question=question)
+    instructions = prompt.system_prompt if passages is not None else None
+    system_text = "\n\n".join(s for s in (system, instructions) if s)
+    head = [{"role": "system", "content": system_text}] if system_text else []
+    return [*head, *history, {"role": "user", "content": user}, *tail]
+
+
 class Packer:
-    def __init__(self, prompt: PromptSettings, generator: Generator):
+    def __init__(self, prompt: PromptSettings, counter: TokenCounter):
         self.prompt = prompt
-        self.generator = generator
+        self.counter = counter
 
     def _format(self, passage: Passage, number: int, text: str | None = None) -> str:
         chunk = min((h.chunk for h in passage.hits), key=lambda c: c.position)  # where the text starts
@@ -98,8 +115,8 @@ class Packer:
 
     def check_fits(self, messages: Messages, answer_tokens: int) -> int:
         """The prompt's tokens, if it fits the window with `answer_tokens` to spare; else PromptTooLong."""
-        window = self.generator.context_window
-        tokens = self.generator.count_chat_tokens(messages)
+        window = self.counter.context_window
+        tokens = self.counter.count_chat_tokens(messages)
         if tokens + answer_tokens > window:
             raise PromptTooLong(
                 f"the prompt takes {tokens} tokens and the answer may take {answer_tokens}, but the model's window "
@@ -112,9 +129,9 @@ class Packer:
     ) -> tuple[Messages, int]:
         """The history without its oldest exchanges, as many as must go for the rest of the prompt to
         leave `floor` tokens (for passages) besides the answer's reserve: (history, messages dropped)."""
-        room = self.generator.context_window - answer_tokens - floor
+        room = self.counter.context_window - answer_tokens - floor
         dropped = 0
-        while history and self.generator.count_chat_tokens(self.messages(question, history, [], system, tail)) > room:
+        while history and self.counter.count_chat_tokens(self.messages(question, history, [], system, tail)) > room:
             history = history[1:]
             dropped += 1
             while history and history[0]["role"] != "user":  # whole exchanges: never start on an answer
@@ -126,15 +143,8 @@ class Packer:
         self, question: str, history: Messages, passages: list[Passage] | None, system: str | None = None, tail: Messages = (),
     ) -> Messages:
         """The chat sent to the model. `passages=None`: no retrieval; `[]`: the template, empty."""
-        if passages is None:
-            user = question
-        else:
-            block = "\n\n".join(self._format(p, p.number) for p in passages)
-            user = self.prompt.context_template.format(passages=block, question=question)
-        instructions = self.prompt.system_prompt if passages is not None else None
-        system_text = "\n\n".join(s for s in (system, instructions) if s)
-        head = [{"role": "system", "content": system_text}] if system_text else []
-        return [*head, *history, {"role": "user", "content": user}, *tail]  # tail: tool calls and results after it
+        shown = None if passages is None else [self._format(p, p.number) for p in passages]
+        return prompt_messages(self.prompt, question, shown, history, system, tail)
 
     def _merge(self, hits: list[Hit], ledger: Ledger) -> list[Passage]:
         passages: list[Passage] = []
@@ -164,7 +174,7 @@ class Packer:
         while len(sentences) > 1:
             sentences.pop()
             text = " ".join(sentences)
-            tokens = self.generator.count_text_tokens([self._format(passage, 99, text) + "\n\n"])[0]
+            tokens = self.counter.count_text_tokens([self._format(passage, 99, text) + "\n\n"])[0]
             if tokens <= room:
                 if tokens < MIN_TRIMMED_TOKENS:
                     return False
@@ -178,12 +188,12 @@ class Packer:
     ) -> tuple[Messages, int, int, int]:
         """History with as many few-shot turns in front as take at most half of the budget the
         question leaves (least similar dropped first): (history, its base tokens, pairs, their tokens)."""
-        base = self.generator.count_chat_tokens(self.messages(question, history, [], system, tail))
-        room = self.generator.context_window - answer_tokens - base
+        base = self.counter.count_chat_tokens(self.messages(question, history, [], system, tail))
+        room = self.counter.context_window - answer_tokens - base
         demos = list(demonstrations)
         while demos:
             turns = [t for q, a in demos for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-            with_demos = self.generator.count_chat_tokens(self.messages(question, turns + history, [], system, tail))
+            with_demos = self.counter.count_chat_tokens(self.messages(question, turns + history, [], system, tail))
             if with_demos - base <= room // 2:
                 return turns + history, with_demos, len(demos), with_demos - base
             demos.pop()
@@ -193,7 +203,7 @@ class Packer:
         self, question: str, history: Messages, hits: list[Hit], below_score: list[Hit],
         answer_tokens: int, system: str | None = None, demonstrations: list[tuple[str, str]] = (), tail: Messages = (),
     ) -> tuple[Messages, list[Passage], Ledger]:
-        window = self.generator.context_window
+        window = self.counter.context_window
         floor = min(self.prompt.min_passage_tokens, max(0, window - answer_tokens) // 2)
         history, dropped_turns = self.fit_history(question, history, system, answer_tokens, tail, floor)
         # Everything but the passages: system prompt, demonstrations, history, question, and the template.
@@ -213,7 +223,7 @@ class Packer:
         chosen: list[Passage] = []
         used = 0
         candidates = self._merge(hits, ledger)
-        counts = self.generator.count_text_tokens([self._format(p, 99) + "\n\n" for p in candidates])  # one batch
+        counts = self.counter.count_text_tokens([self._format(p, 99) + "\n\n" for p in candidates])  # one batch
         for passage, tokens in zip(candidates, counts, strict=True):
             passage.tokens = tokens
         for index, passage in enumerate(candidates):
@@ -229,7 +239,7 @@ class Packer:
             for number, passage in enumerate(ordered, start=1):
                 passage.number = number
             messages = self.messages(question, history, ordered, system, tail)
-            total = self.generator.count_chat_tokens(messages)
+            total = self.counter.count_chat_tokens(messages)
             if total <= window - answer_tokens or not chosen:
                 break
             last = chosen.pop()  # the least relevant goes first

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ragtune.errors import ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
 from ragtune.settings import Settings
-from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent
+from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
 from service.fewshot import Demonstrations
-from service.metrics import Metrics
-from service.offload import Offload
 from service.packing import Ledger, Packer, Passage
-from service.protocol import Citation, RetrievalOptions, Usage
+from service.schema import Citation, RetrievalOptions, Usage
 from service.retrieval import Filters, Retriever
 
 SNIPPET_CHARS = 240
@@ -21,6 +20,10 @@ REWRITE_INSTRUCTION = (
     "Rewrite the follow-up question as one standalone question that names what it refers to. "
     "Answer with the question only."
 )
+
+
+# Told each answer's timings (ms by stage) and completion: the service's metrics listen here.
+Observer = Callable[[dict[str, float], Completion], None]
 
 
 @dataclass
@@ -58,16 +61,19 @@ def usage_of(completion: Completion) -> Usage:
 
 class RagPipeline:
     def __init__(
-        self, settings: Settings, retriever: Retriever, generator: Generator, metrics: Metrics | None = None,
-        demonstrations: Demonstrations | None = None,
+        self, settings: Settings, retriever: Retriever, generator: Generator | None, observe: Observer | None = None,
+        demonstrations: Demonstrations | None = None, counter: TokenCounter | None = None,
     ):
-        self.metrics = metrics
+        """`counter`: what packing counts with (default: the generator). Without a generator the
+        pipeline only prepares prompts (fine-tuning builds its retrieval-aware examples so)."""
+        if counter is None and generator is None:
+            raise ValueError("a pipeline needs a generator or a token counter")
+        self.observe = observe
         self.settings = settings
         self.retriever = retriever
         self.generator = generator
-        self.packer = Packer(settings.prompt, generator)
+        self.packer = Packer(settings.prompt, counter or generator)
         self.demonstrations = demonstrations
-        self.offload = Offload(settings.service.prepare_threads)
 
     def check_model(self, model: str | None) -> str | None:
         """None for the base model; the adapter name otherwise. Unknown names are refused."""
@@ -85,7 +91,7 @@ class RagPipeline:
         after the question (an assistant's tool calls and the tools' results), kept after it.
         `query`: what to search with, when it is not the question itself (a chat's follow-up)."""
         options = options or RetrievalOptions()
-        window = self.generator.context_window
+        window = self.packer.counter.context_window
         if answer_tokens >= window:
             raise ContextLengthExceeded(
                 f"max_tokens {answer_tokens} leaves no room for a prompt in the model's window of {window} tokens; "
@@ -149,7 +155,7 @@ class RagPipeline:
         return self.demonstrations.nearest(question, vector, k)
 
     async def prepare_async(self, *args, **kwargs) -> Prepared:
-        return await self.offload.run(self.prepare, *args, **kwargs)
+        return await asyncio.to_thread(self.prepare, *args, **kwargs)
 
     async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
         started = time.perf_counter()
@@ -166,14 +172,17 @@ class RagPipeline:
 
     def _finished(self, prepared: Prepared, completion: Completion, started: float) -> None:
         prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
-        if self.metrics is not None:
-            self.metrics.observe_answer(prepared.timings_ms, completion)
+        if self.observe is not None:
+            self.observe(prepared.timings_ms, completion)
 
 
-def build_pipeline(settings: Settings, embedder, generator: Generator, metrics: Metrics | None = None) -> RagPipeline:
+def build_pipeline(
+    settings: Settings, embedder, generator: Generator | None, observe: Observer | None = None,
+    counter: TokenCounter | None = None,
+) -> RagPipeline:
     """The pipeline over the configured index, for the service and the CLI alike."""
     retriever = Retriever(
         settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds, settings.retrieval
     )
     demonstrations = Demonstrations(settings.fewshot.file, embedder, settings.prompt) if settings.fewshot.file else None
-    return RagPipeline(settings, retriever, generator, metrics, demonstrations)
+    return RagPipeline(settings, retriever, generator, observe, demonstrations, counter)

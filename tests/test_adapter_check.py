@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from finetune.registry import AdapterInvalid, Registry, check_name, validate_adapter
+from ragtune.registry import AdapterInvalid, Registry, check_name, validate_adapter
 from ragtune.settings import AdapterSettings
 from tests.adapters import BASE, fake_adapter, fake_base_model, lora_tensors
 from tests.helpers import run_ragtune

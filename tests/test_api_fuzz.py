@@ -1,6 +1,6 @@
 """Property-based fuzz of the whole HTTP API from its own OpenAPI document (schemathesis):
 no generated request, valid or not, gets a 5xx. The service runs for real (uvicorn, the real
-embedder and index); the backend is zero-cost (it counts with the real tokenizer and answers
+embedder and index); the backend is the fake one (it counts with the real tokenizer and answers
 nothing), since what is fuzzed here is the HTTP layer, not generation."""
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ def live_url(tmp_path_factory, squad_index, embedder):
     from ragtune.settings import GenerationSettings, get_settings
     from service.app import create_app
     from service.generation.local import LocalGenerator
-    from service.generation.zero import ZeroCostGenerator
+    from service.generation.fake import FakeGenerator
     from service.server import bounded_http_protocol
 
     settings = get_settings(service={"admin_api_key": "admin-key"})
     settings.index.dir = squad_index
     settings.adapters.dir = tmp_path_factory.mktemp("adapters")
-    app = create_app(settings, ZeroCostGenerator(LocalGenerator(GenerationSettings())), embedder)
+    real = LocalGenerator(GenerationSettings())
+    app = create_app(settings, FakeGenerator(real.model_name, counter=real, reply=""), embedder)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", http=bounded_http_protocol(15)))
     thread = threading.Thread(target=server.run, daemon=True)

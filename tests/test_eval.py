@@ -10,7 +10,8 @@ import pytest
 
 from evaluation.gold import GoldIndex
 from evaluation.metrics import declines, exact_match, recall_at, reciprocal_rank, token_f1
-from evaluation.qa import QAError, QAItem, read_qa, select, split_squad
+from evaluation.qa import select, split_squad
+from ragtune.qa import QAError, QAItem, read_qa
 from evaluation.report import METRICS
 from evaluation.runner import Strategy
 from ragtune.errors import UsageError

@@ -71,7 +71,7 @@ def test_demonstrations_take_at_most_half_the_room_the_question_leaves(settings,
 def test_off_unless_asked_and_a_request_can_turn_it_down(settings, embedder, generator, squad_index, qa_file):
     from ragtune.errors import UsageError
     from service.pipeline import build_pipeline
-    from service.protocol import RetrievalOptions
+    from service.schema import RetrievalOptions
 
     rag = pipeline(settings, embedder, generator, squad_index, qa_file[0], k=2)
     question = "Who was the duke in the battle of Hastings?"

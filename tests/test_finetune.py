@@ -176,7 +176,7 @@ def test_labels_cover_the_answers_only(tmp_path):
 
     from finetune.examples import IGNORE, encode
     from ragtune.settings import GenerationSettings
-    from service.generation.local import converted_model_dir
+    from service.generation.model_files import converted_model_dir
     from service.generation.tokens import ChatTokens
 
     tokens = ChatTokens(AutoTokenizer.from_pretrained(converted_model_dir(GenerationSettings())))

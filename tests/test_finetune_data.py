@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.data import DataError, load_training_data
-from finetune.registry import AdapterInvalid, AdapterNotFound, Registry
+from ragtune.registry import AdapterInvalid, AdapterNotFound, Registry
 from ragtune.settings import AdapterSettings, PromptSettings
 from tests.adapters import fake_adapter
 
@@ -48,7 +48,7 @@ def test_every_shape_is_read_and_bad_lines_are_reported_with_their_number(tmp_pa
     assert "not valid JSON" in reasons[7]
     assert "last message must be the assistant" in reasons[8]
     assert '"completion" must be a string' in reasons[9]
-    assert '"answer" is missing' in reasons[10]
+    assert 'no "answers"' in reasons[10]
     assert "no known shape" in reasons[11] and "text" in reasons[11]
     assert "expected a JSON object" in reasons[12]
 

@@ -76,22 +76,6 @@ def test_duplicate_chunks_are_dropped_with_a_reason(generator, retriever):
     assert {"chunk_id": hits[0].chunk.id, "score": round(duplicate.score, 4), "reason": "duplicate", "of": hits[0].chunk.id} in ledger.dropped
 
 
-def test_the_fast_prompt_count_is_the_chat_templates_own_tokenization(generator, squad):
-    # The engine renders the template and encodes the text itself (faster than
-    # apply_chat_template(tokenize=True)); the ids must be the very same, or budgets drift.
-    contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]][:40]
-    for i in range(0, len(contexts), 4):
-        messages = [
-            {"role": "system", "content": "Answer from the passages; cite them as [1]."},
-            {"role": "user", "content": "\n\n".join(contexts[i : i + 4]) + "\n\nQuestion: when, in 1066?"},
-            {"role": "assistant", "content": "In 1066 [2]."},
-            {"role": "user", "content": contexts[i][:80]},
-        ]
-        reference = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        assert generator.tokens.prompt_ids(messages) == reference["input_ids"]
-        assert generator.count_chat_tokens(messages) == len(reference["input_ids"])
-
-
 # Texts where a tokenizer could join or split differently at a newline: trailing spaces and
 # tabs, blank lines, CRLF, contractions and digits after a newline, non-ASCII, a special
 # token's text inside a message, and a message that starts or ends with newlines.
@@ -112,90 +96,21 @@ AWKWARD = [
 ]
 
 
-def test_a_question_is_one_piece_with_or_without_passages_before_it():
-    from service.generation.tokens import newline_segments
-
-    question = "\nQuestion: Who ruled?<|im_end|>"
-    assert newline_segments("Passages:\n\n[1] T\nText.\n\nQuestion: Who ruled?<|im_end|>")[-1] == question
-    assert newline_segments("Passages:\n\n\n\nQuestion: Who ruled?<|im_end|>")[-1] == question
-    assert newline_segments("a.\n\n<|im_end|>", ("<|im_end|>",)) == ["a.", "\n\n<|im_end|>"]  # an added token ends the run
-
-
-def test_counting_by_newline_segments_is_the_whole_prompts_count(generator, squad):
-    # The engine counts a prompt as the sum of its (cached) newline segments; it must be
-    # the count of the whole prompt's tokenization, on real passages and awkward texts.
-    assert generator.tokens.counts_by_segments  # SmolLM2's byte-level BPE qualifies
+def test_the_prompt_count_is_the_chat_templates_own_tokenization(generator, squad):
+    """What packing counts is what the model is given: apply_chat_template's own ids, on real
+    passages and on awkward texts; passages counted alone, as candidates, as the tokenizer does."""
     contexts = [p["context"] for a in squad["data"] for p in a["paragraphs"]][:24]
     prompts = [
-        [{"role": "system", "content": "Answer from the passages."},
+        [{"role": "system", "content": "Answer from the passages; cite them as [1]."},
          {"role": "user", "content": PromptSettings().context_template.format(
              passages="\n\n".join(f"[{n}] Normans\n{c}" for n, c in enumerate(contexts[i : i + 4], 1)),
-             question=AWKWARD[i // 4])}]
+             question=AWKWARD[i // 4])},
+         {"role": "assistant", "content": "In 1066 [2]."}, {"role": "user", "content": contexts[i][:80]}]
         for i in range(0, len(contexts), 4)
     ] + [[{"role": "user", "content": text}, {"role": "assistant", "content": text}, {"role": "user", "content": text}] for text in AWKWARD]
     for messages in prompts:
         reference = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert generator.tokens.prompt_ids(messages) == reference["input_ids"]
         assert generator.count_chat_tokens(messages) == len(reference["input_ids"]), messages
-    for text in AWKWARD + contexts:  # passages are counted on their own too, as candidates
+    for text in AWKWARD + contexts:
         assert generator.count_text_tokens([text]) == [len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])]
-
-
-def test_a_tokenizer_that_joins_across_newlines_counts_whole_prompts(generator):
-    from tokenizers import Regex, pre_tokenizers
-    from transformers import AutoTokenizer
-
-    from service.generation.tokens import ChatTokens, splits_before_newlines
-
-    # Llama 3's pre-tokenizer keeps punctuation together with the newlines after it.
-    llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-    messages = [{"role": "user", "content": "First.\n\nSecond!\n\nThird?\n"}]
-
-    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(llama3), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    assert not splits_before_newlines(tokenizer)
-    tokens = ChatTokens(tokenizer)
-    assert not tokens.counts_by_segments
-    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
-
-    # A tokenizer that passed the check but splits otherwise (here: a space put in front of
-    # every piece) is caught by the next generation's whole encoding, and counting falls back
-    # to whole prompts from then on.
-    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
-    tokens = ChatTokens(tokenizer)
-    assert tokens.counts_by_segments
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    whole = len(tokens.encode([tokens.render(messages)])[0])
-    assert tokens.chat(messages) != whole
-    assert len(tokens.prompt_ids(messages)) == whole
-    assert not tokens.counts_by_segments
-    assert tokens.chat(messages) == whole
-
-
-def test_a_template_that_changes_the_content_is_run_for_every_prompt(generator):
-    from transformers import AutoTokenizer
-
-    from service.generation.tokens import ChatTokens
-
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Who ruled Normandy?  \n"}]
-    tokens = ChatTokens(AutoTokenizer.from_pretrained(generator.model_dir))
-    assert tokens.fills_last_content  # SmolLM2's template puts the content in as is
-    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
-
-    trimming = AutoTokenizer.from_pretrained(generator.model_dir)
-    trimming.chat_template = trimming.chat_template.replace("message['content']", "message['content'] | trim")
-    tokens = ChatTokens(trimming)
-    assert not tokens.fills_last_content
-    assert tokens.chat(messages) == len(tokens.encode([tokens.render(messages)])[0])
-
-    # A template that changes after the probes is caught by the next generation's own run of it.
-    tokenizer = AutoTokenizer.from_pretrained(generator.model_dir)
-    tokens = ChatTokens(tokenizer)
-    tokens.chat(messages)  # the head's skeleton is cached
-    tokenizer.chat_template = trimming.chat_template
-    whole = len(tokens.encode([tokens.render(messages)])[0])
-    assert tokens.chat(messages) != whole
-    assert len(tokens.prompt_ids(messages)) == whole
-    assert not tokens.fills_last_content
-    assert tokens.chat(messages) == whole

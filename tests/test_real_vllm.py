@@ -35,7 +35,7 @@ MAX_LORA_RANK = 16
 
 def model_dir() -> Path:
     from ragtune.settings import GenerationSettings
-    from service.generation.local import converted_model_dir
+    from service.generation.model_files import converted_model_dir
 
     return converted_model_dir(GenerationSettings())  # the embedded model's safetensors copy
 
@@ -187,7 +187,7 @@ def test_the_packers_count_is_vllms_own_prompt_tokens(vllm, squad_index, embedde
     from service.generation.base import GenerationParams
     from service.generation.vllm import VllmGenerator
     from service.pipeline import build_pipeline
-    from service.protocol import RetrievalOptions
+    from service.schema import RetrievalOptions
 
     settings = get_settings(generation={"backend": "vllm", "vllm": {"urls": [f"{vllm.url}/v1"], "tokenizer": str(model_dir())}})
     settings.index.dir = squad_index
@@ -211,7 +211,6 @@ def test_the_packers_count_is_vllms_own_prompt_tokens(vllm, squad_index, embedde
                 pairs.append((counted, completion.prompt_tokens))
             return pairs
         finally:
-            rag.offload.close()
             await generator.close()
 
     pairs = asyncio.run(run())
@@ -220,7 +219,7 @@ def test_the_packers_count_is_vllms_own_prompt_tokens(vllm, squad_index, embedde
 
 
 def test_the_adapter_lifecycle_on_real_vllm(service, vllm, registry, tmp_path):
-    from finetune.registry import Registry
+    from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings
 
     client = openai.OpenAI(base_url=f"{service}/v1", api_key="unused", max_retries=0)

@@ -305,7 +305,6 @@ def test_the_model_can_rewrite_a_follow_up_into_a_standalone_query(squad_index, 
     assert asyncio.run(rag.search_query(question, [])) == (question, "question")  # nothing to follow up on
     prepared = rag.prepare(question, VICTORIA, None, 8, query=query)
     assert prepared.ledger.query == query
-    rag.offload.close()
 
 
 def test_logprobs_on_the_embedded_engine(client):

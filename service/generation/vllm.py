@@ -29,7 +29,7 @@ import httpx
 from ragtune.errors import BackendError, BackendTimeout, BackendUnavailable, UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import (
-    AdapterSyncReport, Completion, GenerationParams, Messages, StreamEvent,
+    AdapterSyncReport, Backend, Completion, GenerationParams, Messages, StreamEvent,
 )
 from service.generation.vllm_counting import choose_counter
 
@@ -119,7 +119,7 @@ class _Replicas:
         return roots[start:] + roots[:start]
 
 
-class VllmGenerator:
+class VllmGenerator(Backend):
     def __init__(self, settings: GenerationSettings):
         config = settings.vllm
         self.model_name = settings.model

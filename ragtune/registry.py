@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.adapter_check import ADAPTER_FILES, AdapterInvalid, validate_adapter
+from ragtune.adapter_check import ADAPTER_FILES, AdapterInvalid, validate_adapter
 from ragtune.errors import RagtuneError
 from ragtune.settings import AdapterSettings
 
