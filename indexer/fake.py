@@ -1,7 +1,7 @@
 """A deterministic embedder that loads no model: for tests of everything but embedding quality.
 
-Each text is a hashed bag of its lowercased words (and word pairs), normalised: texts that
-share words are near, so retrieval still finds the passage a question's words come from.
+Each text is a hashed bag of its lowercased words (stop words left out), normalised: texts
+that share words are near, so retrieval still finds the passage a question's words come from.
 Its identity is its own: an index it built is refused by the real embedder, and the reverse.
 """
 
@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 
 _TOKENS = re.compile(r"\w+|[^\w\s]")
+_STOP = frozenset("a an and are as at be by did do for from had has have he her his in is it its of on or "
+                  "that the their they this to was were what when where which who why with".split())
 
 
 def _bucket(token: str, size: int) -> int:
@@ -38,7 +40,7 @@ class FakeEmbedder:
     name = "ragtune/fake-hashed-words"
     fingerprint = "fake"
 
-    def __init__(self, dimension: int = 256, max_seq_length: int = 256):
+    def __init__(self, dimension: int = 1024, max_seq_length: int = 256):
         self.dimension = dimension
         self.max_seq_length = max_seq_length
         self.tokenizer = WordTokenizer()
@@ -51,9 +53,9 @@ class FakeEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
-            words = [w for w in _TOKENS.findall(text.lower()) if w.isalnum()]
-            for token in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
-                vectors[row, _bucket(token, self.dimension)] += 1.0
+            for word in _TOKENS.findall(text.lower()):
+                if word.isalnum() and word not in _STOP:
+                    vectors[row, _bucket(word, self.dimension)] += 1.0
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1.0, norms)
 

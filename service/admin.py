@@ -10,25 +10,16 @@ import asyncio
 import shutil
 import uuid
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Callable
 
 from fastapi import APIRouter, Depends, Request
 
 from ragtune.registry import ADAPTER_FILES, check_name
-from ragtune.errors import BackendError, Forbidden, RequestTooLarge, UnsupportedMediaType, UsageError
-from ragtune.settings import ServiceSettings
+from ragtune.errors import BackendError, RequestTooLarge, UnsupportedMediaType, UsageError
 from service import errors
 from service.adapters import AdapterSync
-from service.auth import require_key
+from service.deps import Config, Sync, admin_key
 from service.generation.base import AdapterSyncReport
-
-
-def _sync(request: Request) -> AdapterSync:
-    return request.app.state.adapter_sync
-
-
-# Module level: FastAPI resolves (string) annotations against the module's globals.
-Sync = Annotated[AdapterSync, Depends(_sync)]
 
 
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -63,61 +54,61 @@ async def receive_adapter(request: Request, root: Path, limit: int) -> Path:
     return folder
 
 
-def router(settings: ServiceSettings) -> APIRouter:
-    async def authorized(request: Request) -> None:
-        if settings.admin_api_key is None:
-            raise Forbidden("admin endpoints are disabled: set RAGTUNE_SERVICE__ADMIN_API_KEY to enable them")
-        require_key(request, [settings.admin_api_key], "service.admin_api_key")
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_key)], responses=errors.RESPONSES)
 
-    api = APIRouter(prefix="/admin", dependencies=[Depends(authorized)], responses=errors.RESPONSES)
 
-    async def changed(sync: AdapterSync, change: Callable[[], object] | None, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
-        report = await (sync.apply(change) if change else sync.sync())
-        body = {"sync": report.as_dict(), "models": sync.generator.models()}
-        if name is not None:
-            body["adapter"] = (await asyncio.to_thread(sync.registry.get, name)).as_dict()
-        return body, report
+async def _changed(sync: AdapterSync, change: Callable[[], object] | None, name: str | None = None) -> tuple[dict, AdapterSyncReport]:
+    report = await (sync.apply(change) if change else sync.sync())
+    body = {"sync": report.as_dict(), "models": sync.generator.models()}
+    if name is not None:
+        body["adapter"] = (await asyncio.to_thread(sync.registry.get, name)).as_dict()
+    return body, report
 
-    @api.get("/adapters")
-    async def list_adapters(sync: Sync) -> dict:
-        adapters = await asyncio.to_thread(sync.registry.list, True)
-        last = sync.last.as_dict() if sync.last else None
-        return {"adapters": [a.as_dict() for a in adapters], "served": sync.generator.models()[1:], "last_sync": last}
 
-    async def published(sync: AdapterSync, name: str, change: Callable[[], object]) -> dict:
-        body, report = await changed(sync, change, name)
-        failed = report.failed_for(name)
-        if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
-            await sync.apply(lambda: sync.registry.set_published(name, False))
-            raise BackendError(f"adapter {name!r} could not be loaded and stays unpublished: " + "; ".join(
-                f"{where}: {why}" for where, why in failed.items()))
-        return body
+async def _published(sync: AdapterSync, name: str, change: Callable[[], object]) -> dict:
+    body, report = await _changed(sync, change, name)
+    failed = report.failed_for(name)
+    if failed:  # the backend refused it: withdraw, so the registry does not promise what is not served
+        await sync.apply(lambda: sync.registry.set_published(name, False))
+        raise BackendError(f"adapter {name!r} could not be loaded and stays unpublished: " + "; ".join(
+            f"{where}: {why}" for where, why in failed.items()))
+    return body
 
-    @api.post("/adapters/{name}/load")
-    async def load(name: str, sync: Sync) -> dict:
-        return await published(sync, name, lambda: sync.registry.set_published(name, True))
 
-    @api.put("/adapters/{name}", openapi_extra=_UPLOAD_BODY)
-    async def upload(name: str, sync: Sync, request: Request, publish: bool = False) -> dict:
-        """Import an adapter trained elsewhere (PEFT, Axolotl, Unsloth): multipart files named
-        adapter_config.json and adapter_model.safetensors, checked as `ragtune adapters add` checks them."""
-        check_name(name)
-        folder = await receive_adapter(request, sync.registry.root, settings.max_upload_bytes)
-        try:
-            return await published(sync, name, lambda: sync.registry.add(name, folder, publish or None))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+@router.get("/adapters")
+async def list_adapters(sync: Sync) -> dict:
+    adapters = await asyncio.to_thread(sync.registry.list, True)
+    last = sync.last.as_dict() if sync.last else None
+    return {"adapters": [a.as_dict() for a in adapters], "served": sync.generator.models()[1:], "last_sync": last}
 
-    @api.post("/adapters/{name}/unload")
-    async def unload(name: str, sync: Sync) -> dict:
-        return (await changed(sync, lambda: sync.registry.set_published(name, False), name))[0]
 
-    @api.delete("/adapters/{name}")
-    async def delete(name: str, sync: Sync) -> dict:
-        return (await changed(sync, lambda: sync.registry.delete(name)))[0]
+@router.post("/adapters/{name}/load")
+async def load(name: str, sync: Sync) -> dict:
+    return await _published(sync, name, lambda: sync.registry.set_published(name, True))
 
-    @api.post("/adapters/sync")
-    async def resync(sync: Sync) -> dict:
-        return (await changed(sync, None))[0]
 
-    return api
+@router.put("/adapters/{name}", openapi_extra=_UPLOAD_BODY)
+async def upload(name: str, sync: Sync, settings: Config, request: Request, publish: bool = False) -> dict:
+    """Import an adapter trained elsewhere (PEFT, Axolotl, Unsloth): multipart files named
+    adapter_config.json and adapter_model.safetensors, checked as `ragtune adapters add` checks them."""
+    check_name(name)
+    folder = await receive_adapter(request, sync.registry.root, settings.service.max_upload_bytes)
+    try:
+        return await _published(sync, name, lambda: sync.registry.add(name, folder, publish or None))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@router.post("/adapters/{name}/unload")
+async def unload(name: str, sync: Sync) -> dict:
+    return (await _changed(sync, lambda: sync.registry.set_published(name, False), name))[0]
+
+
+@router.delete("/adapters/{name}")
+async def delete(name: str, sync: Sync) -> dict:
+    return (await _changed(sync, lambda: sync.registry.delete(name)))[0]
+
+
+@router.post("/adapters/sync")
+async def resync(sync: Sync) -> dict:
+    return (await _changed(sync, None))[0]

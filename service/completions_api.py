@@ -10,16 +10,17 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
 from pydantic import ConfigDict, Field
 
 from ragtune.errors import UsageError
-from ragtune.settings import Settings
 from service import errors, limits
+from service.deps import Config, Pipeline, client_key
 from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
-from service.protocol import UNSUPPORTED_CHAT_FIELDS, RetrievalOptions, SamplingFields, StreamOptions, neutral
+from service.protocol import UNSUPPORTED_CHAT_FIELDS, SamplingFields, StreamOptions, neutral
+from service.responses import TextChoice, TextCompletion
+from service.schema import RetrievalOptions
 
 OPENAI_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
@@ -43,54 +44,48 @@ class CompletionRequest(SamplingFields):
         return None
 
 
-def router(settings: Settings, dependencies: list) -> APIRouter:
-    api = APIRouter(dependencies=dependencies, responses=errors.RESPONSES)
-    service = settings.service
+router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSES)
 
-    @api.post("/v1/completions", openapi_extra=json_body(CompletionRequest))
-    async def completions(request: Request):
-        body: CompletionRequest = await parse_json(request, CompletionRequest, service)
-        refused = body.refused()
-        if refused:
-            raise UsageError(f"{refused}: not supported by ragtune's completions endpoint; leave it out", param=refused)
-        if body.echo:
-            raise UsageError("echo: the prompt is a question here, not text to continue; leave echo out", param="echo")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise UsageError(f"prompt: send one prompt (got {len(prompts)})", param="prompt")
-        limits.check_question(prompts[0], service, "prompt")
-        limits.check_sampling(body, body.retrieval, service)
-        rag: RagPipeline = request.app.state.pipeline
-        adapter = rag.check_model(body.model)
-        params = body.params(OPENAI_DEFAULT_MAX_TOKENS, settings.generation.temperature, adapter)
-        prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], body.retrieval, params.max_tokens))
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return sse(_events(rag, prepared, params, cid, created, body.model, include_usage))
-        completion = await unless_gone(request, rag.complete(prepared, params))
-        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}
-        return JSONResponse({
-            "id": cid, "object": "text_completion", "created": created, "model": body.model, "choices": [choice],
-            "usage": usage_of(completion).model_dump(), "sources": [c.model_dump() for c in prepared.citations],
-        })
 
-    return api
+@router.post("/v1/completions", response_model=TextCompletion, openapi_extra=json_body(CompletionRequest))
+async def completions(request: Request, rag: Pipeline, settings: Config):
+    body: CompletionRequest = await parse_json(request, CompletionRequest, settings.service)
+    refused = body.refused()
+    if refused:
+        raise UsageError(f"{refused}: not supported by ragtune's completions endpoint; leave it out", param=refused)
+    if body.echo:
+        raise UsageError("echo: the prompt is a question here, not text to continue; leave echo out", param="echo")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise UsageError(f"prompt: send one prompt (got {len(prompts)})", param="prompt")
+    limits.check_question(prompts[0], settings.service, "prompt")
+    limits.check_sampling(body, body.retrieval, settings.service)
+    adapter = rag.check_model(body.model)
+    params = body.params(OPENAI_DEFAULT_MAX_TOKENS, settings.generation.temperature, adapter)
+    prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], body.retrieval, params.max_tokens))
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse(_events(rag, prepared, params, cid, created, body.model, include_usage))
+    completion = await unless_gone(request, rag.complete(prepared, params))
+    return TextCompletion(
+        id=cid, created=created, model=body.model, usage=usage_of(completion), sources=prepared.citations,
+        choices=[TextChoice(text=completion.text, finish_reason=completion.finish_reason)],
+    )
 
 
 async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, created: int, model: str,
                   include_usage: bool) -> AsyncIterator[dict]:
-    def chunk(choices: list, **extra) -> dict:
-        return {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices, **extra}
+    def chunk(choices: list[TextChoice], **extra) -> dict:  # usage and sources only where they are sent
+        return TextCompletion(id=cid, created=created, model=model, choices=choices, **extra).model_dump(
+            exclude={k for k in ("usage", "sources") if k not in extra})
 
-    sources = [c.model_dump() for c in prepared.citations]  # ride on the first chunk that has a choice
+    sources = {"sources": prepared.citations}  # ride on the first chunk that has a choice
     async for event in rag.stream(prepared, params):
         if event.done:
-            finish = {"index": 0, "text": "", "logprobs": None, "finish_reason": event.completion.finish_reason}
-            yield chunk([finish], **({"sources": sources} if sources is not None else {}))
+            yield chunk([TextChoice(text="", finish_reason=event.completion.finish_reason)], **sources)
             if include_usage:
-                yield chunk([], usage=usage_of(event.completion).model_dump())
+                yield chunk([], usage=usage_of(event.completion))
         elif event.text:
-            text = {"index": 0, "text": event.text, "logprobs": None, "finish_reason": None}
-            yield chunk([text], **({"sources": sources} if sources is not None else {}))
-            sources = None
+            yield chunk([TextChoice(text=event.text)], **sources)
+            sources = {}

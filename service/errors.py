@@ -7,12 +7,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ragtune.registry import AdapterNotFound
 from ragtune import errors
-from service.protocol import error_body
+from service.responses import ErrorResponse, error_body
 
 log = logging.getLogger("ragtune.service")
 
@@ -58,13 +57,6 @@ def headers_for(exc: Exception) -> dict[str, str] | None:
     return None
 
 
-def response_for(exc: Exception) -> Response:
-    if isinstance(exc, ClientDisconnected):
-        return Response(status_code=499)  # nginx's "client closed request": only the metrics see it
-    status, body = status_and_body(exc)
-    return JSONResponse(body, status_code=status, headers=headers_for(exc))
-
-
 def _is_union_tag(part: object) -> bool:
     """pydantic names the union member it tried in an error's location ("str", "list[TextPart]")."""
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper())
@@ -81,43 +73,27 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{param or 'body'}: {first.get('msg')}", param
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+def response_for(exc: Exception) -> Response:
+    """The answer to any exception a request raised: the one mapping from errors to HTTP."""
+    if isinstance(exc, ClientDisconnected):
+        return Response(status_code=499)  # nginx's "client closed request": only the metrics see it
+    if isinstance(exc, RequestValidationError):
         message, param = _validation_message(exc)
         return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:  # 404 for a path, 405 (with Allow)...
-        return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None, None), status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
-    @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> Response:
-        return response_for(exc)
-
-    @app.exception_handler(errors.RagtuneError)
-    async def _domain(request: Request, exc: errors.RagtuneError) -> Response:
-        return response_for(exc)
-
-    @app.exception_handler(ClientDisconnected)
-    async def _gone(request: Request, exc: ClientDisconnected) -> Response:
-        return response_for(exc)
+    if isinstance(exc, HTTPException):  # routing's own: 404 for a path, 405 (with Allow)
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, None), status_code=exc.status_code,
+                            headers=exc.headers)
+    status, body = status_and_body(exc)
+    return JSONResponse(body, status_code=status, headers=headers_for(exc))
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
+async def _handle(request: Request, exc: Exception) -> Response:
+    return response_for(exc)
 
 
-class ErrorResponse(BaseModel):
-    """OpenAI's error body: every 4xx and 5xx this service sends."""
-
-    error: ErrorDetail
+def install(app: FastAPI) -> None:
+    for kind in (RequestValidationError, HTTPException, ClientDisconnected, errors.RagtuneError, Exception):
+        app.add_exception_handler(kind, _handle)
 
 
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}

@@ -1,19 +1,16 @@
-"""Wire formats: OpenAI's chat completion API and ragtune's /ask, as pydantic models.
-
-Kept apart from serving logic. Fields outside OpenAI's spec are marked "ragtune
-extension"; requests turn themselves into backend parameters.
+"""What clients send: OpenAI's chat completion request and ragtune's /ask, as pydantic models
+(answers: service/responses.py). Fields outside OpenAI's spec are marked "ragtune extension";
+requests turn themselves into backend parameters.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.generation.base import GenerationParams
-from service.schema import STRICT, Citation, RetrievalOptions, Usage
+from service.schema import STRICT, RetrievalOptions
 
 
 INT64 = 2**63  # seeds are 64-bit signed integers, as vLLM and torch take them
@@ -47,17 +44,6 @@ class AskRequest(SamplingFields):
     filters: RetrievalOptions | None = None
     model: str | None = Field(None, description="The base model or an adapter name.")
     stream: bool = False
-
-
-class AskResponse(BaseModel):
-    answer: str
-    citations: list[Citation]
-    usage: Usage
-    ledger: dict[str, Any]
-    model: str
-    index_version: str | None
-    finish_reason: str
-    timings_ms: dict[str, float]
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------
@@ -140,52 +126,3 @@ class ChatCompletionRequest(SamplingFields):
 def neutral(value: Any) -> bool:
     """A value that asks for nothing: null, false, 0, empty, a plain-text format."""
     return any(type(value) is type(n) and value == n for n in _NEUTRAL)
-
-
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def chat_response(cid: str, model: str, text: str, finish: str, usage: Usage, sources: list[Citation],
-                  choices: list[dict] | None = None, ledger: dict | None = None, logprobs: list[dict] | None = None) -> dict:
-    """`choices`: the backend's own (pass-through), else one made of `text` and `finish`."""
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices if choices is not None else [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-             "logprobs": {"content": logprobs} if logprobs is not None else None}],
-        "usage": usage.model_dump(),
-        "sources": [s.model_dump() for s in sources],  # ragtune extension
-        "ledger": ledger,  # ragtune extension: what was searched, packed, dropped
-    }
-
-
-def chat_chunk(cid: str, model: str, created: int, delta: dict, finish: str | None = None, usage: Usage | None = None, sources=None) -> dict:
-    chunk: dict[str, Any] = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-    }
-    if usage is not None:
-        chunk["usage"] = usage.model_dump()
-    if sources is not None:
-        chunk["sources"] = [s.model_dump() for s in sources]  # ragtune extension
-    return chunk
-
-
-def model_cards(names: list[str], created: dict[str, int], owned_by: str = "ragtune") -> list[dict]:
-    """The base model first, then its adapters (marked with `parent`, as vLLM marks LoRA models).
-    `created`: Unix times by name (an adapter's publish time; the base model's load time)."""
-    cards = [{"id": n, "object": "model", "created": created.get(n, 0), "owned_by": owned_by} for n in names]
-    for card in cards[1:]:
-        card["parent"] = names[0]
-    return cards
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
