@@ -33,10 +33,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from ragtune.runtime import serving_thread_policy  # noqa: E402
 from service.generation.fake import FakeGenerator  # noqa: E402
 
-serving_thread_policy()  # as `ragtune serve` does; the direct baseline runs under the same policy
 
 import numpy as np  # noqa: E402
 SQUAD = REPO.parent / "shared" / "data" / "squad-v2-dev-5articles.json"

@@ -10,12 +10,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ragtune.cli_options import IndexDir, settings_for
+from ragtune.cli_options import QUERYING, IndexDir, settings_for
 
 err = Console(stderr=True)
 out = Console()
 
-eval_app = typer.Typer(help="Measure the customization ramp: zero-shot, RAG, few-shot, adapters.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure the customization ramp: zero-shot, RAG, few-shot, adapters.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @eval_app.command()
@@ -74,7 +74,7 @@ def run_eval(
     from evaluation.runner import InProcess, Remote, Request, Strategy, run
     from ragtune.errors import UsageError
 
-    settings = settings_for(index_dir)
+    settings = settings_for(index_dir, QUERYING)
     if adapters_dir is not None:
         settings.adapters.dir = adapters_dir
     qa = read_qa(qa_file)
@@ -86,6 +86,10 @@ def run_eval(
     strategies = list({s.name: s for s in map(Strategy.parse, names)}.values())
     if any(s.fewshot for s in strategies) and not url and not demonstrations:
         raise UsageError("the few-shot strategy needs demonstrations: --demonstrations FILE (QA JSONL) or setting fewshot.file")
+    if not url and any(s.retrieval for s in strategies):  # no index: said before the models load
+        from indexer.store import committed_version_dir
+
+        committed_version_dir(settings.index.dir)
     request = Request(top_k=top_k, max_tokens=max_tokens, fewshot_k=fewshot_k or settings.fewshot.k or 3, seed=seed)
 
     gold = None

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragtune.cli_options import IndexDir, settings_for
+from ragtune.cli_options import TRAINING, IndexDir, settings_for
+from ragtune.errors import UsageError
 
 err = Console(stderr=True)
 out = Console()
@@ -19,12 +20,12 @@ AdaptersDir = Annotated[
     Optional[Path], typer.Option("--adapters-dir", help="Adapter registry [default: setting adapters.dir, env RAGTUNE_ADAPTERS__DIR].")
 ]
 
-finetune_app = typer.Typer(help="Train LoRA adapters (PEFT) on your examples.", no_args_is_help=True)
-adapters_app = typer.Typer(help="The adapter registry: what the service and vLLM serve.", no_args_is_help=True)
+finetune_app = typer.Typer(help="Train LoRA adapters (PEFT) on your examples.", no_args_is_help=True, rich_markup_mode=None)
+adapters_app = typer.Typer(help="The adapter registry: what the service and vLLM serve.", no_args_is_help=True, rich_markup_mode=None)
 
 
-def _settings(index_dir: Path | None = None, adapters_dir: Path | None = None):
-    settings = settings_for(index_dir)
+def _settings(index_dir: Path | None = None, adapters_dir: Path | None = None, sections=TRAINING):
+    settings = settings_for(index_dir, sections)
     if adapters_dir is not None:
         settings.adapters.dir = adapters_dir
     return settings
@@ -33,7 +34,7 @@ def _settings(index_dir: Path | None = None, adapters_dir: Path | None = None):
 def _registry(adapters_dir: Path | None):
     from ragtune.registry import Registry
 
-    settings = _settings(adapters_dir=adapters_dir)
+    settings = _settings(adapters_dir=adapters_dir, sections=("adapters", "generation", "log"))
     return Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
 
 
@@ -55,7 +56,16 @@ def train(
     """Train a LoRA adapter and add it to the registry (resumes an interrupted run of the same name)."""
     from finetune.train import Trainer
 
+    from ragtune.registry import check_name
+
+    if not data.is_file():  # said before the model loads
+        raise UsageError(f"training data {data} does not exist (expected a JSONL file)")
+    check_name(name)
     settings = _settings(index_dir, adapters_dir)
+    if with_retrieval:
+        from indexer.store import committed_version_dir
+
+        committed_version_dir(settings.index.dir)
     overrides = {"max_steps": max_steps, "epochs": epochs, "rank": rank, "learning_rate": learning_rate,
                  "base_model": str(base_model) if base_model else None}
     settings.finetune = settings.finetune.model_validate(

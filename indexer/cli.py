@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtune.cli_options import IndexDir, settings_for
+from ragtune.cli_options import INDEXING, IndexDir, settings_for
+from ragtune.errors import UsageError
 from ragtune.settings import Settings
 
-app = typer.Typer(help="Build and inspect the document index.", no_args_is_help=True)
+app = typer.Typer(help="Build and inspect the document index.", no_args_is_help=True, rich_markup_mode=None)
 out = Console()
 err = Console(stderr=True)
 
+INDEX_ONLY = ("index", "log")
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
@@ -31,22 +32,22 @@ def _ingestor(settings: Settings):
 
 
 class _RichProgress:
-    """Files done of total, chunks embedded, chunks/s."""
+    """Two bars: files read, and chunks embedded (of those read so far) with chunks/s and ETA."""
 
     def __init__(self, progress: Progress):
         self._progress = progress
-        self._task = None
-        self._chunks = 0
-        self._started = 0.0
+        self._files = self._chunks = None
 
     def start(self, files: int) -> None:
-        self._started = time.perf_counter()
-        self._task = self._progress.add_task("Indexing", total=files, chunks="0 chunks, 0.0 chunks/s")
+        self._files = self._progress.add_task("Reading", total=files, unit="files")
+        self._chunks = self._progress.add_task("Embedding", total=0, unit="chunks")
 
-    def advance(self, files: int = 0, chunks: int = 0) -> None:
-        self._chunks += chunks
-        rate = self._chunks / max(time.perf_counter() - self._started, 1e-9)
-        self._progress.update(self._task, advance=files, chunks=f"{self._chunks} chunks, {rate:.1f} chunks/s")
+    def read(self, chunks: int) -> None:
+        self._progress.advance(self._files)
+        self._progress.update(self._chunks, total=self._progress.tasks[self._chunks].total + chunks)
+
+    def embedded(self, chunks: int) -> None:
+        self._progress.advance(self._chunks, chunks)
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -74,9 +75,13 @@ def add(
     as_json: AsJson = False,
 ) -> None:
     """Add or update documents. Unchanged files are skipped; changed ones are replaced."""
-    settings = settings_for(index_dir)
+    from indexer.ingest import discover
+
+    settings = settings_for(index_dir, INDEXING)
+    discover(paths)  # a path that is not there is said before the embedder loads
     ingestor = _ingestor(settings)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files, {task.fields[chunks]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:9}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+               TaskProgressColumn(show_speed=True), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True, disable=as_json) as bar:
         report = ingestor.ingest(paths, settings.index.dir, root=root, progress=_RichProgress(bar))
     _print_report(report, as_json)
@@ -92,7 +97,13 @@ def remove(
     as_json: AsJson = False,
 ) -> None:
     """Remove documents (their chunks and vectors) from the index."""
-    settings = settings_for(index_dir)
+    from indexer.ingest import matching_sources
+    from indexer.snapshot import IndexSnapshot
+
+    settings = settings_for(index_dir, INDEXING)
+    sources = [(s["source_id"], s["path"]) for s in IndexSnapshot(settings.index.dir).sources()]
+    if not any(matching_sources(sources, target) for target in targets):  # said before the embedder loads
+        raise UsageError(f"nothing in the index at {settings.index.dir} matches {' '.join(targets)}; `ragtune index list` shows what is there")
     report = _ingestor(settings).remove(targets, settings.index.dir)
     _print_report(report, as_json)
     if not report.removed:
@@ -104,7 +115,7 @@ def list_sources(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
     """List the indexed source files with their document and chunk counts."""
     from indexer.snapshot import IndexSnapshot
 
-    snapshot = IndexSnapshot(settings_for(index_dir).index.dir)
+    snapshot = IndexSnapshot(settings_for(index_dir, INDEX_ONLY).index.dir)
     sources = snapshot.sources()
     if as_json:
         typer.echo(json.dumps(sources, indent=2))
@@ -120,7 +131,7 @@ def stats(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
     """Show the index version, embedding model, chunking and sizes."""
     from indexer.snapshot import IndexSnapshot
 
-    figures = IndexSnapshot(settings_for(index_dir).index.dir).stats()
+    figures = IndexSnapshot(settings_for(index_dir, INDEX_ONLY).index.dir).stats()
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return

@@ -28,16 +28,24 @@ from ragtune.settings import Settings
 EMBED_GROUP = 1024  # chunks embedded per call: large enough for length-sorted batches
 
 
+EMBED_STEP = 128  # chunks per embedding call within a group: progress is reported after each
+
+
 class Progress(Protocol):
     def start(self, files: int) -> None: ...
-    def advance(self, files: int = 0, chunks: int = 0) -> None: ...
+    def read(self, chunks: int) -> None:
+        """One more file read; `chunks` of it wait to be embedded."""
+    def embedded(self, chunks: int) -> None: ...
 
 
 class _NoProgress:
     def start(self, files: int) -> None:
         pass
 
-    def advance(self, files: int = 0, chunks: int = 0) -> None:
+    def read(self, chunks: int) -> None:
+        pass
+
+    def embedded(self, chunks: int) -> None:
         pass
 
 
@@ -110,6 +118,13 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
     return list(files), directories
 
 
+def matching_sources(sources: list[tuple[str, str]], target: str) -> list[tuple[str, str]]:
+    """The (source id, path) pairs a removal target names: a source id, a file path, or a directory."""
+    as_path = Path(target).absolute()
+    return [(sid, p) for sid, p in sources
+            if sid == target or Path(p) == as_path or Path(p).is_relative_to(as_path) or sid.startswith(target.rstrip("/") + "/")]
+
+
 class Ingestor:
     def __init__(self, settings: Settings, embedder: Embedder):
         self.settings = settings
@@ -142,7 +157,7 @@ class Ingestor:
                 source_id = self.source_id(path, root)
                 seen.add(source_id)
                 item = self._prepare(path, source_id, writer, report)
-                progress.advance(files=1)
+                progress.read(len(item.chunks) if item else 0)
                 if item is not None:
                     pending.append(item)
                     if sum(len(p.chunks) for p in pending) >= EMBED_GROUP:
@@ -196,7 +211,7 @@ class Ingestor:
         if not pending:
             return
         inputs = [chunk.embedding_input for item in pending for chunk in item.chunks]
-        embeddings = self.embedder.embed(inputs)
+        embeddings = self._embed(inputs, progress)
         offset = 0
         for item in pending:
             vecs = embeddings[offset : offset + len(item.chunks)]
@@ -204,8 +219,18 @@ class Ingestor:
             writer.put_source(item.source_id, item.path, item.content_hash, item.size, item.documents, item.chunks, np.ascontiguousarray(vecs), item.warnings)
             (report.replaced if item.replacing else report.added).append(item.path)
             report.chunks_added += len(item.chunks)
-        progress.advance(chunks=len(inputs))
         pending.clear()
+
+    def _embed(self, inputs: list[str], progress: Progress) -> np.ndarray:
+        """The group's vectors, embedded a step at a time (progress after each), longest first so
+        each step's batches pad little, as one call would sort them."""
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+        vectors = np.zeros((len(inputs), self.embedder.dimension), dtype=np.float32)
+        for start in range(0, len(order), EMBED_STEP):
+            step = order[start : start + EMBED_STEP]
+            vectors[step] = self.embedder.embed([inputs[i] for i in step])
+            progress.embedded(len(step))
+        return vectors
 
     def remove(self, targets: list[str], directory: Path) -> IngestReport:
         """Remove sources by id, by path, or everything under a directory path."""
@@ -213,11 +238,7 @@ class Ingestor:
         with self.writer(directory) as writer:
             sources = writer.sources()
             for target in targets:
-                as_path = Path(target).absolute()
-                matched = [
-                    (sid, p) for sid, p in sources
-                    if sid == target or Path(p) == as_path or Path(p).is_relative_to(as_path) or sid.startswith(target.rstrip("/") + "/")
-                ]
+                matched = matching_sources(sources, target)
                 if not matched:
                     report.skipped.append((target, "not in the index"))
                 for sid, p in matched:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,12 +17,9 @@ from ragtune.settings import IndexSettings
 log = logging.getLogger("ragtune.index")
 
 
-class ChunkRecord(NamedTuple):
-    """One chunk as stored, with its source's path and its document's title and metadata.
-
-    A named tuple, not a frozen dataclass: every answer decodes several, after the question's
-    embedding has left the CPU caches cold, and a frozen dataclass's __init__ costs 4x as
-    much (one object.__setattr__ per field)."""
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk as stored, with its source's path and its document's title and metadata."""
 
     id: int
     doc_id: str
@@ -35,15 +33,11 @@ class ChunkRecord(NamedTuple):
     token_count: int
     content_hash: str
     title: str | None
-    metadata_json: str  # the document's metadata, decoded only when read (the request path never reads it)
-
-    @property
-    def metadata(self) -> dict:
-        return json.loads(self.metadata_json)
+    metadata: dict
 
 
 _CHUNK_QUERY = """
-SELECT c.id, c.doc_id, c.source_id, s.path, c.position, c.text, c.headings, c.context, c.page,
+SELECT c.id, c.doc_id, c.source_id, s.path AS source_path, c.position, c.text, c.headings, c.context, c.page,
        c.token_count, c.content_hash, d.title, d.metadata
 FROM chunks c JOIN sources s USING (source_id) JOIN documents d USING (doc_id)
 """
@@ -90,7 +84,7 @@ class IndexSnapshot:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = {r[0]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
+        rows = {r["id"]: r for r in self._db.execute(f"{_CHUNK_QUERY} WHERE c.id IN ({marks})", [int(i) for i in ids])}
         return [_record(rows[i]) for i in ids if i in rows]
 
     def chunk_ids(self, where: str, args: list) -> list[int]:
@@ -137,7 +131,6 @@ class IndexSnapshot:
         }
 
 
-def _record(row) -> ChunkRecord:
-    # columns in field order (_CHUNK_QUERY); headings as a tuple
-    headings = () if row[6] == "[]" else tuple(json.loads(row[6]))
-    return ChunkRecord(row[0], row[1], row[2], row[3], row[4], row[5], headings, *row[7:])
+def _record(row: sqlite3.Row) -> ChunkRecord:
+    fields = dict(row)
+    return ChunkRecord(**{**fields, "headings": tuple(json.loads(fields["headings"])), "metadata": json.loads(fields["metadata"])})

@@ -360,6 +360,11 @@ class ServiceSettings(BaseModel):
     )
 
 
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="ragtune's log level (libraries log warnings and up, all at DEBUG).")
+    format: Literal["text", "json"] = Field("text", description="text: a timestamped line; json: one JSON object per line, for log collectors.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAGTUNE_",
@@ -379,6 +384,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -99,7 +99,7 @@ def run_server(app: FastAPI, service: ServiceSettings, host: str | None = None, 
 
     from service.server import bounded_http_protocol
 
-    uvicorn.run(
-        app, host=host or service.host, port=port or service.port, log_level="info", access_log=service.access_log,
+    uvicorn.run(  # log_config=None: uvicorn logs through the handler `ragtune` configured (ragtune/configure.py)
+        app, host=host or service.host, port=port or service.port, log_config=None, access_log=service.access_log,
         http=bounded_http_protocol(service.header_timeout_seconds), limit_concurrency=service.max_connections,
     )

@@ -1,17 +1,32 @@
-"""`ragtune serve` and `ragtune ask`: parse, call, print."""
+"""`ragtune serve` and `ragtune ask`: check what can be checked at once, then load, call, print."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from ragtune.cli_options import IndexDir, settings_for
+from ragtune.cli_options import QUERYING, IndexDir, settings_for
+from ragtune.errors import UsageError
 
 err = Console(stderr=True)
 out = Console()
+
+
+def _port_free(host: str, port: int) -> None:
+    """A port in use is said now, not after the models have loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            what = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise UsageError(f"port {port} on {host} {what}; pick another with --port or RAGTUNE_SERVICE__PORT") from None
 
 
 def serve(
@@ -20,22 +35,24 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port [default: setting service.port].")] = None,
 ) -> None:
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
-    from ragtune.runtime import serving_thread_policy
-
-    serving_thread_policy()  # before service.app imports torch and faiss
+    settings = settings_for(index_dir)
+    _port_free(host or settings.service.host, port or settings.service.port)
     from service.app import create_app, run_server
 
-    settings = settings_for(index_dir)
     run_server(create_app(settings), settings.service, host, port)
 
 
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
     index_dir: IndexDir = None,
-    top_k: Annotated[Optional[int], typer.Option(help="Passages to retrieve.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Longest answer, in tokens.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Passages to retrieve [default: setting retrieval.top_k].")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Longest answer, in tokens [default: setting generation.max_answer_tokens].")] = None,
 ) -> None:
     """Answer one question with the same pipeline as the service, and show its sources."""
+    from indexer.store import committed_version_dir
+
+    settings = settings_for(index_dir, QUERYING)
+    committed_version_dir(settings.index.dir)  # no index: said before the models load
     from indexer.embedder import load_embedder
     from ragtune.errors import BackendUnavailable
     from service.generation import create_generator
@@ -43,7 +60,6 @@ def ask(
     from service.pipeline import build_pipeline
     from service.schema import RetrievalOptions
 
-    settings = settings_for(index_dir)
     with err.status("Loading models..."):
         embedder = load_embedder(settings.embedding)
         generator = create_generator(settings.generation)

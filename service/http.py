@@ -1,5 +1,5 @@
 """The HTTP edge's shared pieces: reading a JSON body within the limits, work that stops when
-its client leaves, JSON and server-sent-event responses. Routers use these; logic lives elsewhere."""
+its client leaves, server-sent events. Routers use these; logic lives elsewhere."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnsupportedMediaType
@@ -76,14 +76,9 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
 
 
 def json_body(model: type[BaseModel]) -> dict:
-    """OpenAPI for a route that parses its body with `_parse` (the schema is added to the components)."""
+    """OpenAPI for a route that reads its body with `parse_json` (the schema is added to the components)."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def json_response(model: BaseModel) -> Response:
-    # pydantic-core serializes the model directly; FastAPI's generic encoder walks it in Python (~1.5 ms).
-    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def sse(events: AsyncIterator[dict]) -> StreamingResponse:
