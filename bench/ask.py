@@ -7,7 +7,7 @@ alternate the order, so drift in machine load falls on both. Per checkout: secon
 (p50, p90), the service's own steps (retrieval, packing, generation; medians), and whether
 the answers were the same.
 
-    python bench/ask.py --base /path/to/other/checkout [--questions 24] [--rounds 2]
+    python bench/ask.py --base /path/to/other/checkout [--questions 12] [--rounds 2] [--max-tokens 48]
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ def serve(tree: Path, index: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{tree} did not become ready")
 
 
-def ask_all(url: str, questions: list[str]) -> list[dict]:
-    httpx.post(f"{url}/ask", json={"question": questions[0]}, timeout=120)  # warm-up, not counted
+def ask_all(url: str, questions: list[str], max_tokens: int) -> list[dict]:
+    httpx.post(f"{url}/ask", json={"question": questions[0], "max_tokens": 8}, timeout=120)  # warm-up, not counted
     results = []
     for question in questions:
         started = time.perf_counter()
-        body = httpx.post(f"{url}/ask", json={"question": question}, timeout=120).json()
+        body = httpx.post(f"{url}/ask", json={"question": question, "max_tokens": max_tokens}, timeout=300).json()
         results.append({"seconds": time.perf_counter() - started, "answer": body["answer"], "timings": body["timings_ms"],
                         "tokens": body["usage"]["completion_tokens"]})
     return results
@@ -69,8 +69,9 @@ def ask_all(url: str, questions: list[str]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="The other checkout (e.g. a git worktree of an earlier commit).")
-    parser.add_argument("--questions", type=int, default=24)
+    parser.add_argument("--questions", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=48, help="Answer length cap (the default answers often run to it).")
     args = parser.parse_args()
     squad = json.loads(SQUAD.read_text())["data"]
     questions = [qa["question"] for a in squad for p in a["paragraphs"] for qa in p["qas"]][:: 25][: args.questions]
@@ -87,11 +88,12 @@ def main() -> None:
             for name in (list(trees) if round_ % 2 == 0 else list(trees)[::-1]):
                 proc, url = serve(trees[name], tmp / "index", tmp / f"{name.replace(' ', '-')}.log")
                 try:
-                    results[name] += ask_all(url, questions)
+                    results[name] += ask_all(url, questions, args.max_tokens)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
-    print(f"{len(questions)} SQuAD questions x {args.rounds} rounds, embedded engine, greedy; cpus {os.cpu_count()}")
+    print(f"{len(questions)} SQuAD questions x {args.rounds} rounds, embedded engine, greedy, max_tokens {args.max_tokens}; "
+          f"cpus {os.cpu_count()}")
     p50 = {}
     for name, runs in results.items():
         seconds = sorted(r["seconds"] for r in runs)

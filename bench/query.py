@@ -33,7 +33,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from ragtune.configure import serving_threads  # noqa: E402
 from service.generation.fake import FakeGenerator  # noqa: E402
+
+serving_threads()  # as `ragtune serve` does; the direct baseline runs under the same policy
 
 
 import numpy as np  # noqa: E402

@@ -138,3 +138,14 @@ def configure_logging(level: str = "INFO", format: str = "text") -> None:
     root.setLevel(level)
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+def serving_threads() -> None:
+    """For a process that answers requests (`ragtune serve`, `ragtune ask`): idle OpenMP threads
+    sleep at once instead of spinning for the next parallel region. Between torch's operations
+    the engine's thread, the event loop and the embedding run Python; spinning threads hold the
+    cores they need. bench/ask.py measured it on /ask end to end (bench/RESULTS.md). libgomp
+    reads it once, when it loads, so this must run before torch or faiss is imported; a value
+    the user set wins."""
+    if "torch" not in sys.modules and "faiss" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

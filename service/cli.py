@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ragtune.cli_options import QUERYING, IndexDir, settings_for
+from ragtune.configure import serving_threads
 from ragtune.errors import UsageError
 
 err = Console(stderr=True)
@@ -37,6 +38,7 @@ def serve(
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
     settings = settings_for(index_dir)
     _port_free(host or settings.service.host, port or settings.service.port)
+    serving_threads()  # before service.app imports torch and faiss
     from service.app import create_app, run_server
 
     run_server(create_app(settings), settings.service, host, port)
@@ -53,6 +55,7 @@ def ask(
 
     settings = settings_for(index_dir, QUERYING)
     committed_version_dir(settings.index.dir)  # no index: said before the models load
+    serving_threads()
     from indexer.embedder import load_embedder
     from ragtune.errors import BackendUnavailable
     from service.generation import create_generator

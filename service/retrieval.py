@@ -53,7 +53,9 @@ class Filters:
         return " AND ".join(clauses), args
 
 
-class Hit(NamedTuple):  # a named tuple: cheaper to make than a frozen dataclass, on every answer
+class Hit(NamedTuple):
+    """A retrieved chunk, its score and where it ranked."""
+
     chunk: ChunkRecord
     score: float  # cosine similarity of query and chunk
     rank: int  # 1-based, among hits before the score floor
