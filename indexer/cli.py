@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragtune.cli_options import INDEXING, IndexDir, settings_for
+from indexer import collections
+from ragtune.cli_options import INDEXING, CollectionName, IndexDir, settings_for
 from ragtune.errors import UsageError
 from ragtune.settings import Settings
 
@@ -69,6 +70,7 @@ def _print_report(report, as_json: bool) -> None:
 def add(
     paths: Annotated[list[str], typer.Argument(help="Files, directories (recursive) or glob patterns.")],
     index_dir: IndexDir = None,
+    collection: CollectionName = None,
     root: Annotated[
         Optional[Path], typer.Option(help="Make document ids relative to this directory (default: absolute paths).")
     ] = None,
@@ -78,6 +80,7 @@ def add(
     from indexer.ingest import discover
 
     settings = settings_for(index_dir, INDEXING)
+    collections.choose(settings.index, collection, must_exist=False)  # a new name starts a collection
     discover(paths)  # a path that is not there is said before the embedder loads
     ingestor = _ingestor(settings)
     columns = (TextColumn("{task.description:9}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
@@ -94,6 +97,7 @@ def add(
 def remove(
     targets: Annotated[list[str], typer.Argument(help="Document/source ids, file paths, or directories.")],
     index_dir: IndexDir = None,
+    collection: CollectionName = None,
     as_json: AsJson = False,
 ) -> None:
     """Remove documents (their chunks and vectors) from the index."""
@@ -101,6 +105,7 @@ def remove(
     from indexer.snapshot import IndexSnapshot
 
     settings = settings_for(index_dir, INDEXING)
+    collections.choose(settings.index, collection, must_exist=True)
     sources = [(s["source_id"], s["path"]) for s in IndexSnapshot(settings.index.dir).sources()]
     if not any(matching_sources(sources, target) for target in targets):  # said before the embedder loads
         raise UsageError(f"nothing in the index at {settings.index.dir} matches {' '.join(targets)}; `ragtune index list` shows what is there")
@@ -111,11 +116,13 @@ def remove(
 
 
 @app.command("list")
-def list_sources(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
+def list_sources(index_dir: IndexDir = None, collection: CollectionName = None, as_json: AsJson = False) -> None:
     """List the indexed source files with their document and chunk counts."""
     from indexer.snapshot import IndexSnapshot
 
-    snapshot = IndexSnapshot(settings_for(index_dir, INDEX_ONLY).index.dir)
+    settings = settings_for(index_dir, INDEX_ONLY)
+    collections.choose(settings.index, collection, must_exist=True)
+    snapshot = IndexSnapshot(settings.index.dir)
     sources = snapshot.sources()
     if as_json:
         typer.echo(json.dumps(sources, indent=2))
@@ -127,11 +134,13 @@ def list_sources(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
 
 
 @app.command()
-def stats(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
+def stats(index_dir: IndexDir = None, collection: CollectionName = None, as_json: AsJson = False) -> None:
     """Show the index version, embedding model, chunking and sizes."""
     from indexer.snapshot import IndexSnapshot
 
-    figures = IndexSnapshot(settings_for(index_dir, INDEX_ONLY).index.dir).stats()
+    settings = settings_for(index_dir, INDEX_ONLY)
+    collections.choose(settings.index, collection, must_exist=True)
+    figures = IndexSnapshot(settings.index.dir).stats()
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return
@@ -139,3 +148,25 @@ def stats(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
     for key, value in figures.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
+
+
+@app.command("collections")
+def list_collections(index_dir: IndexDir = None, as_json: AsJson = False) -> None:
+    """List the collections: the default one (at --index-dir) and those under index.collections_dir."""
+    from indexer import store
+
+    settings = settings_for(index_dir, INDEX_ONLY)
+    rows = []
+    for name in collections.names(settings.index):
+        path = collections.directory(settings.index, name)
+        manifest = store.read_manifest(store.committed_version_dir(path))
+        rows.append({"name": name, "directory": str(path), "index_version": manifest.version_id, "sources": manifest.sources,
+                     "chunks": manifest.chunks})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("collection", "directory", "version", "sources", "chunks")
+    for row in rows:
+        table.add_row(row["name"], row["directory"], row["index_version"], str(row["sources"]), str(row["chunks"]))
+    out.print(table)
+

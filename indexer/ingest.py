@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -144,13 +145,17 @@ class Ingestor:
                 raise UsageError(f"{path} is not under --root {root}; give a root that contains every path") from None
         return resolved.as_posix()
 
-    def ingest(self, paths: list[str], directory: Path, root: Path | None = None, progress: Progress | None = None) -> IngestReport:
+    def ingest(
+        self, paths: list[str], directory: Path, root: Path | None = None, progress: Progress | None = None,
+        writer: IndexWriter | None = None,
+    ) -> IngestReport:
+        """`writer`: one already open on `directory` (holding its lock), which the caller closes."""
         progress = progress or _NoProgress()
         started = time.perf_counter()
         files, directories = discover(paths)
         report = IngestReport()
         progress.start(len(files))
-        with self.writer(directory) as writer:
+        with nullcontext(writer) if writer is not None else self.writer(directory) as writer:
             seen: set[str] = set()
             pending: list[_Pending] = []
             for path in files:
@@ -232,10 +237,10 @@ class Ingestor:
             progress.embedded(len(step))
         return vectors
 
-    def remove(self, targets: list[str], directory: Path) -> IngestReport:
+    def remove(self, targets: list[str], directory: Path, writer: IndexWriter | None = None) -> IngestReport:
         """Remove sources by id, by path, or everything under a directory path."""
         report = IngestReport()
-        with self.writer(directory) as writer:
+        with nullcontext(writer) if writer is not None else self.writer(directory) as writer:
             sources = writer.sources()
             for target in targets:
                 matched = matching_sources(sources, target)

@@ -14,6 +14,10 @@ IndexDir = Annotated[
     Optional[Path], typer.Option("--index-dir", "-i", help="Index directory [default: setting index.dir, env RAGTUNE_INDEX__DIR].")
 ]
 
+CollectionName = Annotated[
+    Optional[str], typer.Option("--collection", "-c", help="Collection [default: the default one, at --index-dir].")
+]
+
 # The settings sections each kind of command reads: a bad value elsewhere does not stop it.
 INDEXING = ("index", "embedding", "chunking", "records", "log")
 QUERYING = ("index", "embedding", "retrieval", "prompt", "fewshot", "generation", "service", "adapters", "log")

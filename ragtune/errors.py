@@ -50,6 +50,18 @@ class IndexNotFound(RagtuneError):
     exit_code = 2
 
 
+class NotFound(RagtuneError):
+    """A thing a request names (a job, a document) does not exist."""
+
+    exit_code = 2
+
+
+class CollectionNotFound(RagtuneError):
+    """A request or command named a collection that has no index."""
+
+    exit_code = 2
+
+
 class IndexIncompatible(RagtuneError):
     """The index was written by a newer ragtune, or with other settings or models."""
 

@@ -67,7 +67,10 @@ class RecordSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    dir: Path = Field(Path("ragtune-index"), description="Index directory (manifest, FAISS, chunk store).")
+    dir: Path = Field(Path("ragtune-index"), description="Index directory (manifest, FAISS, chunk store) of the default collection.")
+    collections_dir: Path = Field(
+        Path("ragtune-collections"), description="Where the other collections live, one index directory each, by name."
+    )
     kind: Literal["auto", "flat", "hnsw"] = Field(
         "auto",
         description="FAISS index type. flat: exact inner product. hnsw: approximate, for large "
@@ -348,6 +351,11 @@ class ServiceSettings(BaseModel):
         default_factory=list,
         description="Bearer tokens clients must send to /ask and /v1/* (a JSON list). Empty: no key is asked for, "
         "which only `environment=development` allows.",
+    )
+    key_collections: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="The collections a client key may use (JSON: {\"<key>\": [\"hr\", \"default\"]}); a key not listed "
+        "may use all. The admin key covers all.",
     )
     cors_origins: list[str] = Field(
         default_factory=list,

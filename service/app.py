@@ -14,7 +14,9 @@ from ragtune import __version__
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.registry import Registry
 from ragtune.settings import ServiceSettings, Settings
-from service import admin, ask_api, chat_api, completions_api, embeddings_api, errors, models_api, ops_api
+from service import (
+    admin, ask_api, chat_api, collections_api, completions_api, embeddings_api, errors, ingest_api, models_api, ops_api, page,
+)
 from service.adapters import AdapterSync
 from service.generation import create_generator
 from service.generation.base import Generator
@@ -63,9 +65,10 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             reconciler.cancel()
             await generator.close()
 
-    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.ingest_jobs = ingest_api.Jobs()
     app.state.started = int(time.time())  # the base model's `created`: when this service loaded it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.service.cors_origins:  # outermost: a browser's preflight is answered before auth
@@ -74,8 +77,9 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             allow_headers=["Authorization", "Content-Type"], max_age=600,
         )
     errors.install(app)
-    for module in (ops_api, ask_api, chat_api, completions_api, embeddings_api, models_api, admin):
+    for module in (ops_api, ask_api, chat_api, completions_api, embeddings_api, models_api, collections_api, admin, ingest_api):
         app.include_router(module.router)
+    page.install(app)  # the web page at /, Swagger UI at /docs
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # FastAPI's, plus the bodies the routes read themselves (service/http.py)

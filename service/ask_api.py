@@ -7,7 +7,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from service import errors, limits
-from service.deps import Config, Pipeline, client_key
+from service.deps import Config, Pipeline, check_collection, client_key
 from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import AskRequest
@@ -23,8 +23,10 @@ async def ask(request: Request, rag: Pipeline, settings: Config):
     limits.check_ask(body, settings.service)
     adapter = rag.check_model(body.model)
     params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
-    overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score}.items() if v is not None}
-    options = (body.filters or RetrievalOptions()).model_copy(update=overrides) if overrides else body.filters
+    overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score, "collection": body.collection}.items()
+                 if v is not None}
+    options = (body.filters or RetrievalOptions()).model_copy(update=overrides)
+    check_collection(request, options.collection)
     prepared = await unless_gone(request, rag.prepare_async(body.question, [], options, params.max_tokens))
     if body.stream:
         return sse(_events(rag, prepared, params))

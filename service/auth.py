@@ -10,15 +10,18 @@ from pydantic import SecretStr
 from ragtune.errors import Unauthorized
 
 
-def has_key(request: Request, keys: list[SecretStr]) -> bool:
+def matching_key(request: Request, keys: list[SecretStr]) -> str | None:
+    """The key the request sent, if it is one of `keys`."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        return False
+        return None
     # Every key is compared (constant time each), so timing does not tell which one is close.
     matches = [hmac.compare_digest(token.encode(), key.get_secret_value().encode()) for key in keys]
-    return any(matches)
+    return token if any(matches) else None
 
 
-def require_key(request: Request, keys: list[SecretStr], what: str) -> None:
-    if not has_key(request, keys):
+def require_key(request: Request, keys: list[SecretStr], what: str) -> str:
+    key = matching_key(request, keys)
+    if key is None:
         raise Unauthorized(f"missing or wrong API key: send Authorization: Bearer <{what}>")
+    return key

@@ -11,11 +11,11 @@ from fastapi import APIRouter, Depends, Request
 
 from ragtune.errors import UsageError
 from service import errors, limits
-from service.deps import Config, Pipeline, client_key
+from service.deps import Config, Pipeline, check_collection, client_key
 from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import HONOURED_FIELDS, ChatCompletionRequest
-from service.responses import ChatCompletion, ChatCompletionChunk, ChunkChoice, chat_completion, completion_id
+from service.responses import ChatCompletion, ChatCompletionChunk, ChunkChoice, chat_completion, completion_id, ledger_of
 from service.schema import RetrievalOptions
 
 router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSES)
@@ -42,6 +42,7 @@ async def chat(request: Request, rag: Pipeline, settings: Config):
     limits.check_question(question, settings.service, "messages")
     history, tail = turns[:last_user], turns[last_user + 1 :]
     retrieval = body.retrieval or RetrievalOptions()
+    check_collection(request, retrieval.collection)
     query, query_from = await rag.search_query(question, history) if retrieval.enabled else (question, "question")
     prepared = await unless_gone(request, rag.prepare_async(question, history, retrieval, params.max_tokens, system, tail, query))
     prepared.query_from = query_from
@@ -57,13 +58,14 @@ async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, model:
 
     def chunk(choices: list, **extra) -> dict:  # usage and sources only where they are sent
         return ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra).model_dump(
-            exclude={k for k in ("usage", "sources") if k not in extra})
+            exclude={k for k in ("usage", "sources", "ledger") if k not in extra})
 
     yield chunk([ChunkChoice(index=0, delta={"role": "assistant", "content": ""}, finish_reason=None, logprobs=None)],
                 sources=prepared.citations)
     async for event in rag.stream(prepared, params):
         if event.done:
-            yield chunk([ChunkChoice(index=0, delta={}, finish_reason=event.completion.finish_reason, logprobs=None)])
+            yield chunk([ChunkChoice(index=0, delta={}, finish_reason=event.completion.finish_reason, logprobs=None)],
+                        ledger=ledger_of(prepared))
             if include_usage:
                 yield chunk([], usage=usage_of(event.completion))
         elif event.choices is not None:  # the backend's own choices (pass-through): unchanged

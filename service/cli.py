@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ragtune.cli_options import QUERYING, IndexDir, settings_for
+from indexer import collections
+from ragtune.cli_options import QUERYING, CollectionName, IndexDir, settings_for
 from ragtune.configure import serving_threads
 from ragtune.errors import UsageError
 
@@ -47,6 +48,7 @@ def serve(
 def ask(
     question: Annotated[str, typer.Argument(help="The question to answer from the index.")],
     index_dir: IndexDir = None,
+    collection: CollectionName = None,
     top_k: Annotated[Optional[int], typer.Option(help="Passages to retrieve [default: setting retrieval.top_k].")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Longest answer, in tokens [default: setting generation.max_answer_tokens].")] = None,
 ) -> None:
@@ -54,6 +56,7 @@ def ask(
     from indexer.store import committed_version_dir
 
     settings = settings_for(index_dir, QUERYING)
+    collections.choose(settings.index, collection, must_exist=True)
     committed_version_dir(settings.index.dir)  # no index: said before the models load
     serving_threads()
     from indexer.embedder import load_embedder

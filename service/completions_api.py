@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field
 
 from ragtune.errors import UsageError
 from service import errors, limits
-from service.deps import Config, Pipeline, client_key
+from service.deps import Config, Pipeline, check_collection, client_key
 from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import UNSUPPORTED_CHAT_FIELDS, SamplingFields, StreamOptions, neutral
@@ -60,6 +60,7 @@ async def completions(request: Request, rag: Pipeline, settings: Config):
         raise UsageError(f"prompt: send one prompt (got {len(prompts)})", param="prompt")
     limits.check_question(prompts[0], settings.service, "prompt")
     limits.check_sampling(body, body.retrieval, settings.service)
+    check_collection(request, body.retrieval.collection if body.retrieval else None)
     adapter = rag.check_model(body.model)
     params = body.params(OPENAI_DEFAULT_MAX_TOKENS, settings.generation.temperature, adapter)
     prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], body.retrieval, params.max_tokens))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from indexer.collections import DEFAULT
 from ragtune.errors import Forbidden
 from ragtune.settings import Settings
 from service.adapters import AdapterSync
@@ -32,9 +33,20 @@ Sync = Annotated[AdapterSync, Depends(_adapter_sync)]
 
 
 async def client_key(request: Request, settings: Config) -> None:
-    """A client API key, when the service has any (service.api_keys)."""
+    """A client API key, when the service has any (service.api_keys). The collections the key may
+    use (service.key_collections; unlisted keys: all) are kept for `check_collection`."""
+    request.state.collections = None
     if settings.service.api_keys:
-        require_key(request, settings.service.api_keys, "one of service.api_keys")
+        key = require_key(request, settings.service.api_keys, "one of service.api_keys")
+        limited = settings.service.key_collections.get(key)
+        request.state.collections = list(limited) if limited is not None else None
+
+
+def check_collection(request: Request, name: str | None) -> None:
+    allowed = getattr(request.state, "collections", None)
+    if allowed is not None and (name or DEFAULT) not in allowed:
+        raise Forbidden(f"this API key may not use collection {name or DEFAULT!r}; it may use: {', '.join(allowed) or 'none'}",
+                        param="collection")
 
 
 async def admin_key(request: Request, settings: Config) -> None:

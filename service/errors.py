@@ -26,6 +26,8 @@ _MAPPING: list[tuple[type[Exception], int, str, str | None, str | None]] = [
     (errors.Unauthorized, 401, "invalid_request_error", "invalid_api_key", None),
     (errors.Forbidden, 403, "invalid_request_error", "forbidden", None),
     (errors.IndexNotFound, 404, "invalid_request_error", "index_not_found", None),
+    (errors.CollectionNotFound, 404, "invalid_request_error", "collection_not_found", "collection"),
+    (errors.NotFound, 404, "invalid_request_error", "not_found", None),
     (errors.IndexIncompatible, 409, "invalid_request_error", "index_incompatible", None),
     (errors.IndexLocked, 409, "invalid_request_error", "index_locked", None),
     (errors.ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded", None),

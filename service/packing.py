@@ -57,6 +57,7 @@ class Ledger:
     demonstration_tokens: int = 0
     dropped_turns: int = 0  # the conversation's oldest messages, left out so passages keep their floor
     query: str | None = None  # what retrieval searched with (a follow-up made standalone, or the question)
+    collection: str | None = None  # which collection it searched
 
     @property
     def join_tokens(self) -> int:

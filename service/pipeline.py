@@ -13,7 +13,8 @@ from service.generation.base import Completion, GenerationParams, Generator, Mes
 from service.fewshot import Demonstrations
 from service.packing import Ledger, Packer, Passage
 from service.schema import Citation, RetrievalOptions, Usage
-from service.retrieval import Filters, Retriever
+from indexer.collections import DEFAULT as DEFAULT_COLLECTION
+from service.retrieval import Filters, Retriever, Retrievers
 
 SNIPPET_CHARS = 240
 REWRITE_INSTRUCTION = (
@@ -70,7 +71,8 @@ class RagPipeline:
             raise ValueError("a pipeline needs a generator or a token counter")
         self.observe = observe
         self.settings = settings
-        self.retriever = retriever
+        self.retriever = retriever  # the default collection's
+        self.retrievers = Retrievers(retriever, settings.index, settings.service.reload_check_seconds, settings.retrieval)
         self.generator = generator
         self.packer = Packer(settings.prompt, counter or generator)
         self.demonstrations = demonstrations
@@ -108,17 +110,18 @@ class RagPipeline:
         filters = Filters(tuple(options.doc_ids), options.source_prefix, dict(options.metadata))
         top_k = options.top_k or self.settings.retrieval.top_k
         min_score = self.settings.retrieval.min_score if options.min_score is None else options.min_score
-        snapshot = self.retriever.snapshot()  # one version for the whole request, even if a reload lands
+        retriever = self.retrievers.get(options.collection)
+        snapshot = retriever.snapshot()  # one version for the whole request, even if a reload lands
         query = query or question
-        vector = self.retriever.embedder.embed([query])  # for passages and demonstrations alike
-        hits, below = self.retriever.search(query, top_k, filters, min_score, snapshot, options.hybrid, vector)
+        vector = retriever.embedder.embed([query])  # for passages and demonstrations alike
+        hits, below = retriever.search(query, top_k, filters, min_score, snapshot, options.hybrid, vector)
         demos = self._demonstrations(question, vector, options)
         version = snapshot.version_id
         retrieved = time.perf_counter()
         messages, passages, ledger = self.packer.pack(question, history, hits, below, answer_tokens, system, demos, tail)
         packed = time.perf_counter()
         timings = {"retrieval": (retrieved - started) * 1000, "packing": (packed - retrieved) * 1000}
-        ledger.query = query
+        ledger.query, ledger.collection = query, options.collection or DEFAULT_COLLECTION
         return Prepared(messages, passages, ledger, version, timings, ledger.dropped_turns)
 
     async def search_query(self, question: str, history: Messages) -> tuple[str, str]:

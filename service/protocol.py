@@ -42,6 +42,7 @@ class AskRequest(SamplingFields):
     top_k: int | None = Field(None, ge=1, le=100)
     min_score: float | None = Field(None, ge=-1, le=1)
     filters: RetrievalOptions | None = None
+    collection: str | None = Field(None, description="The collection to search (default: `default`).")
     model: str | None = Field(None, description="The base model or an adapter name.")
     stream: bool = False
 

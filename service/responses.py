@@ -48,6 +48,7 @@ class Ledger(BaseModel):
 
     retrieval: Literal["enabled", "disabled"] = "enabled"
     dropped_turns: int = Field(0, description="The conversation's oldest messages left out to fit.")
+    collection: str | None = Field(None, description="The collection searched.")
     query: str | None = Field(None, description="What retrieval searched with.")
     query_from: str | None = Field(None, description="How the query was made: question, prepended, rewritten.")
     context_window: int | None = None
@@ -68,7 +69,7 @@ def ledger_of(prepared: Prepared) -> Ledger:
     if ledger is None:
         return Ledger(retrieval="disabled", dropped_turns=prepared.dropped_turns)
     return Ledger(
-        dropped_turns=ledger.dropped_turns, query=ledger.query, query_from=prepared.query_from,
+        dropped_turns=ledger.dropped_turns, collection=ledger.collection, query=ledger.query, query_from=prepared.query_from,
         context_window=ledger.context_window, reserved_answer_tokens=ledger.reserved_answer_tokens,
         base_tokens=ledger.base_tokens, budget=ledger.budget, prompt_tokens=ledger.prompt_tokens,
         join_tokens=ledger.join_tokens, demonstrations=ledger.demonstrations,
@@ -133,6 +134,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = Field(None, description="The last chunk, when stream_options.include_usage is set.")
     sources: list[Citation] | None = Field(None, description="ragtune extension: on the first chunk.")
+    ledger: Ledger | None = Field(None, description="ragtune extension: on the chunk with the finish reason.")
 
 
 def completion_id() -> str:

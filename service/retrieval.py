@@ -23,7 +23,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from indexer import store
+from indexer import collections, store
 from indexer.embedder import Embedder
 from indexer.snapshot import ChunkRecord, IndexSnapshot
 from ragtune.settings import IndexSettings, RetrievalSettings
@@ -149,3 +149,27 @@ class Retriever:
             for rank, (i, s, dense_rank, lexical_rank) in enumerate(ranked, start=1) if i in records
         ]
         return [h for h in hits if h.score >= min_score], [h for h in hits if h.score < min_score]
+
+
+class Retrievers:
+    """A retriever per collection: the default one given, the others made on first use over
+    `index.collections_dir/<name>`, with the same embedder and settings."""
+
+    def __init__(self, default: Retriever, index: IndexSettings, reload_check_seconds: float, retrieval: RetrievalSettings):
+        self.default = default
+        self._index, self._reload, self._retrieval = index, reload_check_seconds, retrieval
+        self._by_name: dict[str, Retriever] = {collections.DEFAULT: default}
+        self._lock = threading.Lock()
+
+    def get(self, name: str | None) -> Retriever:
+        """The collection's retriever; an unknown name is a CollectionNotFound listing the known ones."""
+        name = name or collections.DEFAULT
+        with self._lock:
+            found = self._by_name.get(name)
+        if found is None:
+            path = collections.existing(self._index, name)
+            with self._lock:
+                found = self._by_name.setdefault(
+                    name, Retriever(path, self._index, self.default.embedder, self._reload, self._retrieval))
+        return found
+

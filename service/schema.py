@@ -15,6 +15,7 @@ class RetrievalOptions(BaseModel):
 
     model_config = STRICT
     enabled: bool = True
+    collection: str | None = Field(None, description="The collection to search (default: `default`); GET /v1/collections lists them.")
     top_k: int | None = Field(None, ge=1, le=100)
     min_score: float | None = Field(None, ge=-1, le=1)
     hybrid: bool | None = Field(None, description="Fuse BM25 with dense results (default: setting retrieval.hybrid).")

@@ -1,0 +1,219 @@
+"""Documents in and out of a collection over HTTP (admin key): an upload becomes an index
+version through the same ingest code, crash safety and single-writer lock as `ragtune index add`.
+
+`POST /admin/collections/{name}/documents` takes files (multipart; any type the indexer reads,
+JSONL records included), takes the collection's writer lock at once (a second writer gets a
+409), answers 202 with a job, and ingests in the background; `GET /admin/jobs/{id}` shows its
+progress (files read, chunks embedded) and, when done, the per-file report (what was added,
+replaced, left unchanged, or skipped and why). The service reads the new version on its next
+reload check, without a restart. Uploaded files are kept under the collection's `uploads/`,
+one folder per upload; a document's id is its file name, so uploading a file of the same name
+again replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from pydantic import BaseModel
+
+from indexer import collections
+from indexer.ingest import Ingestor
+from ragtune.errors import NotFound, RequestTooLarge, UnsupportedMediaType, UsageError
+from service import errors
+from service.deps import Config, Pipeline, admin_key
+
+log = logging.getLogger("ragtune.ingest")
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_key)], responses=errors.RESPONSES)
+MAX_FILES = 1000  # files in one upload
+KEPT_JOBS = 100  # finished jobs remembered for polling
+
+
+class JobView(BaseModel):
+    id: str
+    collection: str
+    status: str  # running, done, failed
+    files: int
+    files_read: int = 0
+    chunks_read: int = 0
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+    report: dict | None = None  # the ingest report, when done
+    error: str | None = None  # why it failed
+
+
+@dataclass
+class Job:
+    """One upload's ingest; also its progress (indexer/ingest.py's Progress)."""
+
+    collection: str
+    files: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    status: str = "running"
+    files_read: int = 0
+    chunks_read: int = 0
+    chunks_embedded: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    report: dict | None = None
+    error: str | None = None
+
+    def start(self, files: int) -> None:
+        self.files = files
+
+    def read(self, chunks: int) -> None:
+        self.files_read += 1
+        self.chunks_read += chunks
+
+    def embedded(self, chunks: int) -> None:
+        self.chunks_embedded += chunks
+
+    def view(self) -> JobView:
+        seconds = (self.finished or time.monotonic()) - self.started
+        return JobView(id=self.id, collection=self.collection, status=self.status, files=self.files, files_read=self.files_read,
+                       chunks_read=self.chunks_read, chunks_embedded=self.chunks_embedded, seconds=round(seconds, 2),
+                       report=self.report, error=self.error)
+
+
+class Jobs:
+    def __init__(self):
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+            finished = [k for k, j in self._jobs.items() if j.status != "running"]
+            for key in finished[: max(0, len(self._jobs) - KEPT_JOBS)]:
+                del self._jobs[key]
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no ingest job {job_id!r} (finished jobs are kept for the last {KEPT_JOBS})")
+        return job
+
+
+def _jobs(request: Request) -> Jobs:
+    return request.app.state.ingest_jobs
+
+
+async def _receive(request: Request, folder: Path, limit: int) -> list[Path]:
+    """The uploaded files, written into `folder` (names only: no directories)."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
+    if int(declared) > limit:
+        raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send the documents as multipart/form-data, one `files` part per file")
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=0)
+    except HTTPException as exc:  # the multipart parser's own refusals: too many files, a field that is not a file
+        raise UsageError(f"the upload: {exc.detail}; send only file parts named `files` (at most {MAX_FILES})",
+                         param="files") from None
+    folder.mkdir(parents=True)
+    paths: list[Path] = []
+    try:
+        for _, upload in form.multi_items():
+            name = Path(getattr(upload, "filename", None) or "").name
+            if not name or name.startswith("."):
+                raise UsageError(f"every part needs a file name, not hidden (got {name!r})", param="files")
+            if (folder / name).exists():
+                raise UsageError(f"{name!r} is in this upload twice", param="files")
+            with open(folder / name, "wb") as target:
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, target)
+            paths.append(folder / name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        await form.close()
+    if not paths:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UsageError("no files in the upload: send them as `files` parts", param="files")
+    return paths
+
+
+_FILES = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}}}}
+
+
+@router.post("/collections/{name}/documents", status_code=202, response_model=JobView, openapi_extra=_FILES)
+async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -> JSONResponse:
+    collections.check_name(name)
+    directory = collections.directory(settings.index, name)
+    folder = directory / "uploads" / uuid.uuid4().hex[:16]
+    paths = await _receive(request, folder, settings.service.max_upload_bytes)
+    ingestor = Ingestor(settings, rag.retriever.embedder)
+    job = Job(name, len(paths))
+    loop = asyncio.get_running_loop()
+    locked = loop.create_future()  # the writer's lock taken (or refused) on the job's own thread
+
+    def run() -> None:  # one thread for the writer's whole life: its SQLite connection is bound to it
+        try:
+            writer = ingestor.writer(directory).__enter__()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(locked.set_exception, exc)
+            return
+        loop.call_soon_threadsafe(locked.set_result, None)
+        try:
+            report = ingestor.ingest([str(p) for p in paths], directory, root=folder, progress=job, writer=writer)
+            job.report, job.status = report.as_dict(), "done"
+        except Exception as exc:  # reported on the job; the previous version stays served
+            log.exception("ingest job %s failed", job.id)
+            job.error, job.status = str(exc) or type(exc).__name__, "failed"
+        finally:
+            writer.__exit__(None, None, None)
+            job.finished = time.monotonic()
+
+    threading.Thread(target=run, name=f"ragtune-ingest-{job.id}", daemon=True).start()
+    try:
+        await locked  # a second writer: IndexLocked, a 409
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _jobs(request).add(job)
+    return JSONResponse(job.view().model_dump(), status_code=202, headers={"Location": f"/admin/jobs/{job.id}"})
+
+
+@router.get("/jobs/{job_id}")
+async def job_status(job_id: str, request: Request) -> JobView:
+    return _jobs(request).get(job_id).view()
+
+
+@router.get("/collections/{name}/sources")
+async def sources(name: str, settings: Config) -> dict:
+    from indexer.snapshot import IndexSnapshot
+
+    def read() -> list[dict]:
+        snapshot = IndexSnapshot(collections.existing(settings.index, name))
+        try:
+            return snapshot.sources()
+        finally:
+            snapshot.close()
+
+    return {"collection": name, "sources": await asyncio.to_thread(read)}
+
+
+@router.delete("/collections/{name}/documents/{target:path}")
+async def remove(name: str, target: str, rag: Pipeline, settings: Config) -> dict:
+    """Remove a source (an uploaded file, by its name) with all its documents and chunks."""
+    directory = collections.existing(settings.index, name)
+    report = await asyncio.to_thread(Ingestor(settings, rag.retriever.embedder).remove, [target], directory)
+    if not report.removed:
+        raise NotFound(f"nothing in collection {name!r} matches {target!r}; GET /admin/collections/{name}/sources lists them")
+    return report.as_dict()
