@@ -62,6 +62,7 @@ def run_eval(
     seed: Annotated[int, typer.Option(help="Seeds --sample and generation.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where report.json, report.html and report.md go.")] = Path("ragtune-eval"),
     timeout: Annotated[float, typer.Option(help="Seconds one answer may take with --url.")] = 300.0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Answer everything again (default: a run with the same setup reuses the answers kept in --out).")] = False,
     index_dir: IndexDir = None,
     adapters_dir: Annotated[Optional[Path], typer.Option(help="Adapter registry [default: setting adapters.dir].")] = None,
 ) -> None:
@@ -117,12 +118,20 @@ def run_eval(
                 logged["at"] = time.monotonic()  # a log file gets a line a minute instead of a bar
                 err.print(f"{name}: {logged['done']}/{total} answers in {logged['at'] - logged['started']:.0f} s")
 
-        result = run(answerer, items, strategies, gold, settings.prompt.decline_answer, advance)
-    setup = {**answerer.describe(), "max_tokens": max_tokens, "temperature": 0, "seed": seed,
-             "top_k": top_k or settings.retrieval.top_k, "fewshot_k": request.fewshot_k,
-             "demonstrations": str(demonstrations) if demonstrations else None}
+        run_setup = {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "top_k": top_k or settings.retrieval.top_k,
+                     "fewshot_k": request.fewshot_k, "demonstrations": str(demonstrations) if demonstrations else None,
+                     "prompt": settings.prompt.model_dump(), "retrieval": settings.retrieval.model_dump(mode="json")}
+        cache = out_dir / "answers.jsonl"
+        if fresh:
+            cache.unlink(missing_ok=True)
+        result = run(answerer, items, strategies, gold, settings.prompt.decline_answer, advance, cache, run_setup)
+    if result.reused:
+        err.print(f"resumed: {result.reused} answers from {cache} (same setup); --fresh answers everything again")
+    setup = {**answerer.describe(), **{k: v for k, v in run_setup.items() if k not in ("prompt", "retrieval")}}
     report = reports.build(result, qa, {"sample": sample, "limit": limit, "seed": seed}, setup,
                            k=top_k or settings.retrieval.top_k)
     paths = reports.write(report, out_dir)
+    for warning in setup.get("warnings") or ():
+        err.print(f"[yellow]warning:[/] {warning}")
     out.print(reports.table(report))
     out.print(", ".join(f"{what}: {path}" for what, path in paths.items()))

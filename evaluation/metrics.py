@@ -64,6 +64,35 @@ def declines(prediction: str, decline_answer: str) -> bool:
     return (own and own in normalize(prediction)) or any(p in text for p in DECLINE_PATTERNS)
 
 
+def cited(answer: str) -> set[int]:
+    """The passage numbers an answer cites: "[2]", "[1, 3]", "[2-4]"."""
+    numbers: set[int] = set()
+    for marker in _CITATION.findall(answer):
+        for part in marker.strip("[]").split(","):
+            bounds = [int(n) for n in part.split("-")]
+            numbers.update(range(bounds[0], bounds[-1] + 1))
+    return numbers
+
+
+def citation_correct(answer: str, passages: dict[int, str], golds: list[str]) -> float | None:
+    """1 when a passage the answer cites holds a gold answer, 0 when none does; None when it
+    cites no passage that was in its prompt."""
+    numbers = cited(answer) & set(passages)
+    if not numbers:
+        return None
+    return float(any(contains_gold(passages[n], golds) for n in numbers))
+
+
+def faithfulness(answer: str, passages: dict[int, str]) -> float | None:
+    """The share of the answer's words found in the passages it was given (citations left out);
+    None for an answer with no words."""
+    words = normalize(answer).split()  # citations are not words
+    if not words:
+        return None
+    given = set(normalize(" ".join(passages.values())).split())
+    return sum(w in given for w in words) / len(words)
+
+
 def reciprocal_rank(ranked_doc_ids: list[str], gold: Collection[str]) -> float:
     """1 / the rank of the first gold document (any of them), 0 when none was retrieved."""
     for rank, doc_id in enumerate(ranked_doc_ids, start=1):
@@ -90,6 +119,7 @@ class Outcome:
     seconds: float
     ranked_doc_ids: list[str] | None = None  # retrieval order, when the strategy retrieved
     gold_doc_ids: Collection[str] | None = None  # None: the question's gold document is unknown
+    passages: dict[int, str] | None = None  # the prompt's passages by number (None: none, or not known)
 
 
 @dataclass
@@ -104,6 +134,9 @@ class Summary:
     false_decline_rate: float | None  # on answerable questions: lower is better
     recall_at_k: float | None
     mrr: float | None
+    cites: float | None  # answerable questions whose answer cites a passage of its prompt
+    citation_accuracy: float | None  # of those: the cited passage holds a gold answer
+    faithfulness: float | None  # answers (not declines): share of their words found in their passages
     k: int
     prompt_tokens: float
     completion_tokens: float
@@ -132,6 +165,9 @@ def summarize(outcomes: list[Outcome], k: int) -> Summary:
     unanswerable = [o for o in outcomes if not o.answerable]
 
     retrieved = [o for o in outcomes if o.ranked_doc_ids is not None and o.gold_doc_ids]
+    with_passages = [o for o in outcomes if o.passages]
+    citations = [c for o in with_passages if o.answerable if (c := citation_correct(o.answer, o.passages, o.golds)) is not None]
+    faithful = [f for o in with_passages if not o.declined if (f := faithfulness(o.answer, o.passages)) is not None]
     return Summary(
         questions=len(outcomes),
         exact_match=_mean([answer_score(o, exact_match) for o in outcomes]),
@@ -143,6 +179,9 @@ def summarize(outcomes: list[Outcome], k: int) -> Summary:
         false_decline_rate=_mean([float(o.declined) for o in answerable]),
         recall_at_k=_mean([recall_at(o.ranked_doc_ids, o.gold_doc_ids, k) for o in retrieved]),
         mrr=_mean([reciprocal_rank(o.ranked_doc_ids, o.gold_doc_ids) for o in retrieved]),
+        cites=_mean([float(bool(cited(o.answer) & set(o.passages))) for o in with_passages if o.answerable]),
+        citation_accuracy=_mean(citations),
+        faithfulness=_mean(faithful),
         k=k,
         prompt_tokens=statistics.fmean(o.prompt_tokens for o in outcomes) if outcomes else 0.0,
         completion_tokens=statistics.fmean(o.completion_tokens for o in outcomes) if outcomes else 0.0,

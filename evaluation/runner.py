@@ -16,16 +16,20 @@ Strategies (the customization ramp):
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 import httpx
 
 from evaluation.gold import GoldIndex, doc_matches
-from evaluation.metrics import Outcome, answer_score, declines, exact_match, token_f1
+from evaluation.metrics import Outcome, answer_score, citation_correct, declines, exact_match, faithfulness, token_f1
+from indexer import store
 from ragtune.qa import QAItem
+from ragtune.registry import lineage_warning
 from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import Settings
 from service.generation.base import GenerationParams
@@ -71,6 +75,46 @@ class Answer:
     seconds: float
     ranked_doc_ids: list[str] | None  # documents in retrieval order (None: nothing retrieved)
     index_version: str | None = None
+    passages: dict[int, str] | None = None  # the prompt's passages by number (in process only)
+
+
+class AnswerCache:
+    """Answers already given under one setup, one JSON line each in the report folder: a run that
+    was interrupted and is started again with the same setup answers only what is missing. A
+    different setup (model, adapters and their versions, index and its version, settings of the
+    run) has another key, so its answers are never reused; a question is matched by its id and text."""
+
+    def __init__(self, path: Path, setup: dict):
+        self.path = path
+        self.key = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self._answers: dict[tuple, Answer] = {}
+        self.reused = 0
+        if path.is_file():
+            text = path.read_text()
+            if text and not text.endswith("\n"):  # a line cut short: the next answer starts a line of its own
+                with path.open("a") as out:
+                    out.write("\n")
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # the line being written when the run was killed
+                    continue
+                if record.get("setup") == self.key:
+                    answer = record["answer"]
+                    if answer.get("passages") is not None:
+                        answer["passages"] = {int(n): text for n, text in answer["passages"].items()}
+                    self._answers[(record["strategy"], record["id"], record["question"])] = Answer(**answer)
+
+    def get(self, strategy: str, item: QAItem) -> Answer | None:
+        found = self._answers.get((strategy, item.id, item.question))
+        self.reused += found is not None
+        return found
+
+    def put(self, strategy: str, item: QAItem, answer: Answer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"setup": self.key, "strategy": strategy, "id": item.id, "question": item.question, "answer": asdict(answer)}
+        with self.path.open("a") as out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def ranked_documents(retrieved: list[dict]) -> list[str]:
@@ -112,6 +156,7 @@ class InProcess:
 
         self.settings, self.request = settings, request
         self.adapters: dict[str, str] = {}  # name -> registry version evaluated
+        self.warnings: list[str] = []  # adapters trained over another index version (lineage)
         self._loaded = False
         self.embedder = load_embedder(settings.embedding)
         self.generator = create_generator(settings.generation)
@@ -126,7 +171,9 @@ class InProcess:
         generation = self.settings.generation
         where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
         return {"mode": "in-process", "backend": generation.backend, "model": self.generator.model_name,
-                "backend_at": where, "index": str(self.settings.index.dir), "adapters": self.adapters}
+                "backend_at": where, "index": str(self.settings.index.dir),
+                "index_version": store.current_version(self.settings.index.dir), "adapters": self.adapters,
+                "warnings": self.warnings}
 
     async def start(self, strategies: list[Strategy]) -> None:
         if not await self.generator.ready():
@@ -143,6 +190,8 @@ class InProcess:
             )
             self._wanted = {name: self._registry.get(name) for name in wanted}  # unknown names fail here
             self.adapters = {name: info.version for name, info in self._wanted.items()}
+            current = store.current_version(self.settings.index.dir)
+            self.warnings = [w for info in self._wanted.values() if (w := lineage_warning(info, current))]
 
     async def use(self, strategy: Strategy) -> None:
         if not strategy.adapter or self._loaded:
@@ -164,8 +213,9 @@ class InProcess:
                                   model=strategy.adapter)
         completion = await self.pipeline.complete(prepared, params)
         ranked = ranked_documents(prepared.ledger.retrieved) if prepared.ledger is not None else None
+        passages = {p.number: p.text for p in prepared.passages} if prepared.ledger is not None else None
         return Answer(completion.text, completion.prompt_tokens, completion.completion_tokens,
-                      time.perf_counter() - started, ranked, prepared.index_version)
+                      time.perf_counter() - started, ranked, prepared.index_version, passages)
 
     async def close(self) -> None:
         await self.generator.close()
@@ -247,30 +297,39 @@ class Run:
     outcomes: dict[str, list[Outcome]]
     rows: list[dict]
     index_versions: set
+    reused: int = 0  # answers found in the cache of an earlier run
 
 
 async def evaluate(
     answerer: Answerer, items: list[QAItem], strategies: list[Strategy], gold: GoldIndex | None,
-    decline_answer: str, advance: Callable[[str], None] = lambda _: None,
+    decline_answer: str, advance: Callable[[str], None] = lambda _: None, cache: Path | None = None,
+    setup: dict | None = None,
 ) -> Run:
-    """Strategy by strategy (adapters loaded once, when first needed), question by question, in file order."""
+    """Strategy by strategy (adapters loaded once, when first needed), question by question, in file order.
+    `cache`: where answers are kept as they come, and found again by a run with the same setup
+    (the answerer's description and `setup`)."""
     await answerer.start(strategies)
+    answers = AnswerCache(cache, {**answerer.describe(), **(setup or {})}) if cache is not None else None
     rows = [{"id": q.id, "question": q.question, "answers": list(q.answers), "answerable": q.answerable,
              "gold_doc_ids": None, "results": {}} for q in items]
     outcomes: dict[str, list[Outcome]] = {s.name: [] for s in strategies}  # the order asked for
     versions = set()
     # Without adapters first: the base model then runs unwrapped, as the service runs it before any is loaded.
     for strategy in sorted(strategies, key=lambda s: s.adapter is not None):
-        await answerer.use(strategy)
         for item, row in zip(items, rows, strict=True):
-            answer = await answerer.answer(item, strategy)
+            answer = answers.get(strategy.name, item) if answers else None
+            if answer is None:
+                await answerer.use(strategy)
+                answer = await answerer.answer(item, strategy)
+                if answers:
+                    answers.put(strategy.name, item, answer)
             versions.add(answer.index_version)
             gold_ids = gold_documents(item, answer.ranked_doc_ids, gold)
             if gold_ids is not None and row["gold_doc_ids"] is None:
                 row["gold_doc_ids"] = sorted(gold_ids)
             declined = declines(answer.text, decline_answer)
             outcome = Outcome(answer.text, list(item.answers), item.answerable, declined, answer.prompt_tokens,
-                              answer.completion_tokens, answer.seconds, answer.ranked_doc_ids, gold_ids)
+                              answer.completion_tokens, answer.seconds, answer.ranked_doc_ids, gold_ids, answer.passages)
             outcomes[strategy.name].append(outcome)
             row["results"][strategy.name] = {
                 "answer": answer.text,
@@ -281,11 +340,14 @@ async def evaluate(
                 "completion_tokens": answer.completion_tokens,
                 "ms": round(answer.seconds * 1000, 1),
                 "retrieved": answer.ranked_doc_ids,
+                "citation_correct": citation_correct(answer.text, answer.passages, list(item.answers))
+                if answer.passages and item.answerable else None,
+                "faithfulness": faithfulness(answer.text, answer.passages) if answer.passages and not declined else None,
             }
             advance(strategy.name)
     for row in rows:
         row["results"] = {s.name: row["results"][s.name] for s in strategies}
-    return Run(items, strategies, outcomes, rows, versions - {None})
+    return Run(items, strategies, outcomes, rows, versions - {None}, answers.reused if answers else 0)
 
 
 def run(answerer: Answerer, *args, **kwargs) -> Run:

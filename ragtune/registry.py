@@ -56,6 +56,19 @@ class AdapterInfo:
         }
 
 
+def lineage_warning(info: AdapterInfo, index_version: str | None) -> str | None:
+    """Why an adapter trained with retrieval may not fit the index it is served over: its
+    training prompts held passages of other index versions. None when it fits (or was not
+    trained with retrieval, or `info` was read without details)."""
+    metadata = info.metadata or {}
+    versions = metadata.get("index_versions") or []
+    if not metadata.get("retrieval_aware") or not versions or index_version is None or index_version in versions:
+        return None
+    return (f"adapter {info.name!r} was trained with retrieval over index version {', '.join(versions)}, and the index "
+            f"is now at {index_version}: its training prompts held other passages. Retrain it with "
+            "`ragtune finetune train --with-retrieval` for them to match")
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise AdapterInvalid(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from ragtune.registry import Registry
+from ragtune.registry import AdapterInfo, Registry, lineage_warning
 from service.generation.base import AdapterSyncReport, Generator
 
 log = logging.getLogger("ragtune.adapters")
@@ -24,6 +24,8 @@ class AdapterSync:
         self.interval = interval
         self.poll_backend = poll_backend  # remote replicas can lose adapters behind our back
         self.last: AdapterSyncReport | None = None
+        self.details: dict[str, AdapterInfo] = {}  # the published adapters' registry entries, with their metadata
+        self._warned: set[str] = set()
         self._stamp: float | None = None
         self._lock = asyncio.Lock()
 
@@ -42,12 +44,24 @@ class AdapterSync:
     async def _reconcile(self) -> AdapterSyncReport:
         self._stamp = self.registry.stamp()
         desired = await asyncio.to_thread(self.registry.published)
+        listed = await asyncio.to_thread(self.registry.list, True)
+        self.details = {a.name: a for a in listed if a.name in desired}
         report = await self.generator.sync_adapters(desired)
         changed = report.loaded or report.unloaded
         if changed or (report.failed and report.failed != (self.last.failed if self.last else None)):
             log.warning("adapters reconciled: %s", report.as_dict())  # once per change, not every round
         self.last = report
         return report
+
+    def lineage(self, name: str | None, index_version: str | None) -> str | None:
+        """The lineage warning for serving adapter `name` over `index_version`; logged once per
+        adapter and version."""
+        info = self.details.get(name) if name else None
+        warning = lineage_warning(info, index_version) if info else None
+        if warning and f"{name}@{index_version}" not in self._warned:
+            self._warned.add(f"{name}@{index_version}")
+            log.warning("%s", warning)
+        return warning
 
     async def run(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ragtune.errors import UsageError
 from service import errors, limits
-from service.deps import Config, Pipeline, check_collection, client_key
+from service.deps import Config, Pipeline, Sync, check_collection, client_key
 from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import HONOURED_FIELDS, ChatCompletionRequest
@@ -27,7 +27,7 @@ STREAMED = {200: {"description": "A chat completion; with `stream`, server-sent 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMED,
              openapi_extra=json_body(ChatCompletionRequest))
-async def chat(request: Request, rag: Pipeline, settings: Config):
+async def chat(request: Request, rag: Pipeline, settings: Config, sync: Sync):
     body = await parse_json(request, ChatCompletionRequest, settings.service)
     limits.check_chat(body, settings.service, settings.generation.backend)
     adapter = rag.check_model(body.model)
@@ -46,14 +46,16 @@ async def chat(request: Request, rag: Pipeline, settings: Config):
     query, query_from = await rag.search_query(question, history) if retrieval.enabled else (question, "question")
     prepared = await unless_gone(request, rag.prepare_async(question, history, retrieval, params.max_tokens, system, tail, query))
     prepared.query_from = query_from
+    warnings = [w for w in [sync.lineage(adapter, prepared.index_version)] if w]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse(_events(rag, prepared, params, completion_id(), body.model, include_usage))
+        return sse(_events(rag, prepared, params, completion_id(), body.model, include_usage, warnings))
     completion = await unless_gone(request, rag.complete(prepared, params))
-    return chat_completion(completion_id(), body.model, completion, prepared)
+    return chat_completion(completion_id(), body.model, completion, prepared, warnings)
 
 
-async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, model: str, include_usage: bool) -> AsyncIterator[dict]:
+async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, model: str, include_usage: bool,
+                  warnings: list[str]) -> AsyncIterator[dict]:
     created = int(time.time())
 
     def chunk(choices: list, **extra) -> dict:  # usage and sources only where they are sent
@@ -65,7 +67,7 @@ async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, model:
     async for event in rag.stream(prepared, params):
         if event.done:
             yield chunk([ChunkChoice(index=0, delta={}, finish_reason=event.completion.finish_reason, logprobs=None)],
-                        ledger=ledger_of(prepared))
+                        ledger=ledger_of(prepared, warnings))
             if include_usage:
                 yield chunk([], usage=usage_of(event.completion))
         elif event.choices is not None:  # the backend's own choices (pass-through): unchanged

@@ -8,6 +8,7 @@ import datetime as dt
 from fastapi import APIRouter, Depends, Request
 
 from ragtune.errors import RagtuneError, UnknownModel
+from indexer import store
 from service import errors
 from service.deps import Config, Pipeline, Sync, client_key
 from service.responses import ModelCard, ModelList, model_cards
@@ -21,7 +22,9 @@ async def _cards(request: Request, rag: Pipeline, sync: Sync, settings: Config) 
     except RagtuneError:  # a broken registry: the lifespan has logged it; the names are still served
         adapters = []
     created = {a.name: _unix(a.updated) for a in adapters} | {settings.generation.model: request.app.state.started}
-    return model_cards(rag.generator.models(), created)
+    version = store.current_version(settings.index.dir)
+    warnings = {name: w for name in sync.details if (w := sync.lineage(name, version))}
+    return model_cards(rag.generator.models(), created, warnings)
 
 
 @router.get("/v1/models")

@@ -62,13 +62,15 @@ class Ledger(BaseModel):
     retrieved: list[RetrievedEntry] | None = None
     packed: list[PackedEntry] | None = None
     dropped: list[DroppedEntry] | None = None
+    warnings: list[str] = Field(default_factory=list, description="What may make this answer worse than it should be "
+                                "(an adapter trained over another version of the index).")
 
 
-def ledger_of(prepared: Prepared) -> Ledger:
+def ledger_of(prepared: Prepared, warnings: list[str] = ()) -> Ledger:
     ledger = prepared.ledger
     if ledger is None:
-        return Ledger(retrieval="disabled", dropped_turns=prepared.dropped_turns)
-    return Ledger(
+        return Ledger(retrieval="disabled", dropped_turns=prepared.dropped_turns, warnings=list(warnings))
+    return Ledger(warnings=list(warnings),
         dropped_turns=ledger.dropped_turns, collection=ledger.collection, query=ledger.query, query_from=prepared.query_from,
         context_window=ledger.context_window, reserved_answer_tokens=ledger.reserved_answer_tokens,
         base_tokens=ledger.base_tokens, budget=ledger.budget, prompt_tokens=ledger.prompt_tokens,
@@ -141,14 +143,14 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def chat_completion(cid: str, model: str, completion: Completion, prepared: Prepared) -> ChatCompletion:
+def chat_completion(cid: str, model: str, completion: Completion, prepared: Prepared, warnings: list[str] = ()) -> ChatCompletion:
     """The backend's own choices (pass-through) when it gave them, else one made of the text."""
     choices = completion.choices or [ChatChoice(
         index=0, message=AssistantMessage(content=completion.text), finish_reason=completion.finish_reason,
         logprobs={"content": completion.logprobs} if completion.logprobs is not None else None,
     )]
     return ChatCompletion(id=cid, created=int(time.time()), model=model, choices=choices, usage=usage_of(completion),
-                          sources=prepared.citations, ledger=ledger_of(prepared))
+                          sources=prepared.citations, ledger=ledger_of(prepared, warnings))
 
 
 # -- /v1/completions ------------------------------------------------------------------------
@@ -178,6 +180,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "ragtune"
     parent: str | None = Field(None, description="An adapter's base model (as vLLM marks LoRA models).")
+    warning: str | None = Field(None, description="ragtune extension: an adapter trained over another index version.")
 
 
 class ModelList(BaseModel):
@@ -185,10 +188,12 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def model_cards(names: list[str], created: dict[str, int]) -> list[ModelCard]:
+def model_cards(names: list[str], created: dict[str, int], warnings: dict[str, str] | None = None) -> list[ModelCard]:
     """The base model first, then its adapters. `created`: Unix times by name (an adapter's
-    publish time; the base model's load time)."""
-    return [ModelCard(id=n, created=created.get(n, 0), parent=names[0] if i else None) for i, n in enumerate(names)]
+    publish time; the base model's load time); `warnings`: lineage warnings by name."""
+    warnings = warnings or {}
+    return [ModelCard(id=n, created=created.get(n, 0), parent=names[0] if i else None, warning=warnings.get(n))
+            for i, n in enumerate(names)]
 
 
 # -- errors ---------------------------------------------------------------------------------

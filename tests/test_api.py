@@ -95,7 +95,7 @@ def test_retrieval_off_leaves_the_question_alone(client, generator):
     body = client.post("/v1/chat/completions", json={
         "model": MODEL, "messages": [{"role": "user", "content": "Hello there"}], "retrieval": {"enabled": False},
     }).json()
-    assert body["ledger"] == {**{k: None for k in body["ledger"]}, "retrieval": "disabled", "dropped_turns": 0}
+    assert body["ledger"] == {**{k: None for k in body["ledger"]}, "retrieval": "disabled", "dropped_turns": 0, "warnings": []}
     assert body["sources"] == [] and generator.prompts[-1] == [{"role": "user", "content": "Hello there"}]
     assert body["choices"][0]["message"]["content"] == "I have no passage to answer from."
 

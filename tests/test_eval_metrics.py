@@ -71,3 +71,26 @@ def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable()
     assert summary.decline_rate == 1.0 and summary.false_decline_rate == pytest.approx(1 / 3)
     assert summary.recall_at_k == pytest.approx(2 / 3) and summary.mrr == pytest.approx((1 + 0.5 + 0) / 3)
     assert summary.latency_p50_ms == pytest.approx(300) and summary.latency_p95_ms == pytest.approx(400)
+
+
+def test_citations_and_faithfulness():
+    from evaluation.metrics import cited, citation_correct, faithfulness
+
+    assert cited("Rollo [2], then William [1, 3] and [4-5]; not [1a]") == {1, 2, 3, 4, 5}
+    passages = {1: "Lyon lies on the Rhone.", 2: "Paris is the capital of France."}
+    assert citation_correct("Paris [2]", passages, ["Paris"]) == 1.0
+    assert citation_correct("Paris [1]", passages, ["Paris"]) == 0.0  # cites a passage without the answer
+    assert citation_correct("Paris [1, 2]", passages, ["Paris"]) == 1.0  # one of the cited holds it
+    assert citation_correct("Paris", passages, ["Paris"]) is None and citation_correct("Paris [7]", passages, ["Paris"]) is None
+    assert faithfulness("Paris is big [2]", passages) == pytest.approx(2 / 3)  # "big" is not in the passages
+    assert faithfulness("[2]", passages) is None
+
+    def outcome(answer, golds, answerable=True, given=passages):
+        return Outcome(answer, golds, answerable, declines(answer, DECLINE), 100, 10, 1.0, ["a"], {"a"}, given)
+
+    summary = summarize([
+        outcome("Paris [2]", ["Paris"]), outcome("Paris [1]", ["Paris"]), outcome("Paris", ["Paris"]),
+        outcome(DECLINE, [], answerable=False), outcome("Rome", ["Rome"], given=None),  # no passages: not counted
+    ], k=1)
+    assert summary.cites == pytest.approx(2 / 3) and summary.citation_accuracy == pytest.approx(1 / 2)
+    assert summary.faithfulness == pytest.approx(1.0)  # the three answers' words are all in the passages

@@ -5,14 +5,19 @@ It answers with the first sentence of passage [1] of its prompt, cited, or says 
 passage; `reply` fixes the answer instead ("" measures the service with generation taken out).
 It streams word by word and honours max_tokens (in words) and stop strings. Tokens are
 counted by `counter` (a real backend's, where packing must be exact) or by `WordCounter`.
+It "serves" any adapter it is given by name (answering as the base model does), so the
+adapter lifecycle around a backend can be tested without one.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import AsyncIterator
 
-from service.generation.base import Backend, Completion, GenerationParams, Messages, StreamEvent, TokenCounter
+from service.generation.base import (
+    AdapterSyncReport, Backend, Completion, GenerationParams, Messages, StreamEvent, TokenCounter,
+)
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
 _FIRST_PASSAGE = re.compile(r"\[1\][^\n]*\n(?P<text>.+?)(?:\n\n|$)", re.S)
@@ -40,12 +45,21 @@ class FakeGenerator(Backend):
         self.context_window = self.counter.context_window
         self.reply = reply
         self.prompts: list[Messages] = []  # every prompt it was given, for tests to read
+        self.adapters: list[str] = []
 
     def count_chat_tokens(self, messages: Messages) -> int:
         return self.counter.count_chat_tokens(messages)
 
     def count_text_tokens(self, texts: list[str]) -> list[int]:
         return self.counter.count_text_tokens(texts)
+
+    def models(self) -> list[str]:
+        return [self.model_name, *self.adapters]
+
+    async def sync_adapters(self, desired: dict[str, Path]) -> AdapterSyncReport:
+        report = AdapterSyncReport(loaded=sorted(set(desired) - set(self.adapters)), unloaded=sorted(set(self.adapters) - set(desired)))
+        self.adapters = sorted(desired)
+        return report
 
     def answer(self, messages: Messages) -> str:
         if self.reply is not None:
