@@ -106,8 +106,9 @@ def remove(
 
     settings = settings_for(index_dir, INDEXING)
     collections.choose(settings.index, collection, must_exist=True)
-    sources = [(s["source_id"], s["path"]) for s in IndexSnapshot(settings.index.dir).sources()]
-    if not any(matching_sources(sources, target) for target in targets):  # said before the embedder loads
+    snapshot = IndexSnapshot(settings.index.dir)
+    sources = [(s["source_id"], s["path"]) for s in snapshot.sources()]
+    if not any(matching_sources(sources, t) or snapshot.chunk_ids("d.doc_id = ?", [t]) for t in targets):  # before the embedder loads
         raise UsageError(f"nothing in the index at {settings.index.dir} matches {' '.join(targets)}; `ragtune index list` shows what is there")
     report = _ingestor(settings).remove(targets, settings.index.dir)
     _print_report(report, as_json)

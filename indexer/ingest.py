@@ -238,14 +238,20 @@ class Ingestor:
         return vectors
 
     def remove(self, targets: list[str], directory: Path, writer: IndexWriter | None = None) -> IngestReport:
-        """Remove sources by id, by path, or everything under a directory path."""
+        """Remove sources by id, by path, or everything under a directory path; or one document
+        by its id (a JSONL record: "faq.jsonl#q1")."""
         report = IngestReport()
         with nullcontext(writer) if writer is not None else self.writer(directory) as writer:
             sources = writer.sources()
             for target in targets:
                 matched = matching_sources(sources, target)
                 if not matched:
-                    report.skipped.append((target, "not in the index"))
+                    removed = writer.delete_document(target)  # a document of a source, by its id
+                    if removed is None:
+                        report.skipped.append((target, "not in the index"))
+                    else:
+                        report.chunks_removed += removed
+                        report.removed.append(target)
                 for sid, p in matched:
                     if p not in report.removed:
                         report.chunks_removed += writer.delete_source(sid)

@@ -129,6 +129,21 @@ class IndexWriter:
         self._removed_ids.extend(ids)
         return len(ids)
 
+    def delete_document(self, doc_id: str) -> int | None:
+        """Remove one document (a record of a JSONL file, say) with its chunks and vectors; None if
+        there is none. Its source is marked changed, so adding the file again brings it back."""
+        row = self._conn.execute("SELECT source_id FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return None
+        ids = [r[0] for r in self._conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+        self._conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+        self._conn.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+        self._conn.execute("UPDATE sources SET content_hash = '' WHERE source_id = ?", (row[0],))
+        if self._conn.execute("SELECT 1 FROM documents WHERE source_id = ?", (row[0],)).fetchone() is None:
+            self._conn.execute("DELETE FROM sources WHERE source_id = ?", (row[0],))
+        self._removed_ids.extend(ids)
+        return len(ids)
+
     def put_source(
         self,
         source_id: str,

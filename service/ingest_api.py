@@ -211,7 +211,8 @@ async def sources(name: str, settings: Config) -> dict:
 
 @router.delete("/collections/{name}/documents/{target:path}")
 async def remove(name: str, target: str, rag: Pipeline, settings: Config) -> dict:
-    """Remove a source (an uploaded file, by its name) with all its documents and chunks."""
+    """Remove a source (an uploaded file, by its name) with its documents and chunks, or one
+    document by its id (a JSONL record: `faq.jsonl#q1`)."""
     directory = collections.existing(settings.index, name)
     report = await asyncio.to_thread(Ingestor(settings, rag.retriever.embedder).remove, [target], directory)
     if not report.removed:

@@ -94,3 +94,16 @@ def test_an_upload_over_the_limit_is_a_413(client):
     response = upload(client, "docs", [("big.md", b"x" * 5000)])
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     assert client.get("/admin/jobs/nope", headers=ADMIN).status_code == 404
+
+
+def test_one_record_of_a_jsonl_upload_is_removed_by_its_document_id(client):
+    records = b'{"id": "q1", "text": "Expenses are paid monthly."}\n{"id": "q2", "text": "Travel is booked by the office."}\n'
+    finished(client, upload(client, "faq", [("faq.jsonl", records)]))
+    removed = client.delete("/admin/collections/faq/documents/faq.jsonl%23q1", headers=ADMIN)
+    assert removed.status_code == 200 and removed.json()["removed"] == ["faq.jsonl#q1"]
+    listed = client.get("/admin/collections/faq/sources", headers=ADMIN).json()["sources"]
+    assert [(s["source_id"], s["documents"]) for s in listed] == [("faq.jsonl", 1)]
+    again = finished(client, upload(client, "faq", [("faq.jsonl", records)]))  # the file again brings it back
+    assert again["report"]["replaced"]
+    listed = client.get("/admin/collections/faq/sources", headers=ADMIN).json()["sources"]
+    assert [(s["source_id"], s["documents"]) for s in listed] == [("faq.jsonl", 2)]
