@@ -23,6 +23,7 @@ ENV PATH=/opt/ragtune/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/data/hf-cache \
     RAGTUNE_INDEX__DIR=/data/index \
+    RAGTUNE_INDEX__COLLECTIONS_DIR=/data/index/collections \
     RAGTUNE_ADAPTERS__DIR=/data/adapters \
     RAGTUNE_GENERATION__CACHE_DIR=/data/cache
 USER ragtune

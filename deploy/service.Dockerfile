@@ -27,6 +27,7 @@ ENV PATH=/opt/ragtune/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     RAGTUNE_INDEX__DIR=/data/index \
+    RAGTUNE_INDEX__COLLECTIONS_DIR=/data/index/collections \
     RAGTUNE_ADAPTERS__DIR=/data/adapters \
     RAGTUNE_GENERATION__CACHE_DIR=/data/cache \
     RAGTUNE_SERVICE__HOST=0.0.0.0
