@@ -1,7 +1,7 @@
 """The web page in a real browser: Debian's Chromium, headless, driven by Selenium, against the
 real service (`ragtune serve`, the embedded engine, the real embedder). A person uploads a
 document, asks about it, sees the answer stream in with a citation of that document, opens the
-ledger, asks a follow-up, and switches collection. `.ci/run` installs Chromium; where it is not
+ledger, asks a follow-up, switches collection, and reads the API docs (all offline). `.ci/run` installs Chromium; where it is not
 installed the test is skipped with that reason (never a silent pass)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def wait_for(condition, timeout: float = 120, every: float = 0.1):
     return found
 
 
-def test_upload_ask_follow_up_and_switch_collection(browser, tmp_path):
+def test_upload_ask_follow_up_switch_collection_and_read_the_docs(browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -120,16 +120,7 @@ def test_upload_ask_follow_up_and_switch_collection(browser, tmp_path):
         errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
         assert errors == []
 
-
-def test_the_api_docs_work_offline(browser, tmp_path):
-    """Swagger UI from the service's own files: it renders the operations with no CDN."""
-    from selenium.webdriver.common.by import By
-
-    corpus = tmp_path / "c"
-    corpus.mkdir()
-    (corpus / "a.md").write_text("# A\n\nSome text.\n")
-    assert run_ragtune("index", "add", str(corpus), "--index-dir", str(tmp_path / "index")).returncode == 0
-    with serving(tmp_path / "index", tmp_path) as server:
+        # The API's docs: Swagger UI from the service's own files renders the operations, no CDN.
         browser.get(f"{server.url}/docs")
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock"), timeout=30)
         text = browser.find_element(By.TAG_NAME, "body").text
