@@ -9,49 +9,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from pathlib import Path
 from typing import Callable
 
 from fastapi import APIRouter, Depends, Request
 
 from ragtune.registry import ADAPTER_FILES, check_name
-from ragtune.errors import BackendError, RequestTooLarge, UnsupportedMediaType, UsageError
+from ragtune.errors import BackendError
 from service import errors
 from service.adapters import AdapterSync
 from service.deps import Config, Sync, admin_key
 from service.generation.base import AdapterSyncReport
-
-
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-}}}}}
-
-
-async def receive_adapter(request: Request, root: Path, limit: int) -> Path:
-    """The uploaded adapter files in a fresh folder under the registry root (the caller removes it)."""
-    declared = request.headers.get("content-length", "")
-    if not declared.isdigit():
-        raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
-    if int(declared) > limit:
-        raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UnsupportedMediaType("send the adapter files as multipart/form-data")
-    form = await request.form(max_files=len(ADAPTER_FILES), max_fields=0)
-    folder = root / ".uploads" / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    try:
-        for _, upload in form.multi_items():
-            filename = Path(getattr(upload, "filename", None) or "").name
-            if filename not in ADAPTER_FILES:
-                raise UsageError(f"unexpected upload {filename!r}: send {' and '.join(ADAPTER_FILES)}", param="files")
-            with open(folder / filename, "wb") as target:
-                await asyncio.to_thread(shutil.copyfileobj, upload.file, target)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
-        await form.close()
-    return folder
+from service.http import FILES_BODY, receive_files
 
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_key)], responses=errors.RESPONSES)
@@ -87,12 +55,14 @@ async def load(name: str, sync: Sync) -> dict:
     return await _published(sync, name, lambda: sync.registry.set_published(name, True))
 
 
-@router.put("/adapters/{name}", openapi_extra=_UPLOAD_BODY)
+@router.put("/adapters/{name}", openapi_extra=FILES_BODY)
 async def upload(name: str, sync: Sync, settings: Config, request: Request, publish: bool = False) -> dict:
     """Import an adapter trained elsewhere (PEFT, Axolotl, Unsloth): multipart files named
     adapter_config.json and adapter_model.safetensors, checked as `ragtune adapters add` checks them."""
     check_name(name)
-    folder = await receive_adapter(request, sync.registry.root, settings.service.max_upload_bytes)
+    folder = sync.registry.root / ".uploads" / uuid.uuid4().hex
+    await receive_files(request, folder, settings.service.max_upload_bytes, len(ADAPTER_FILES), "adapter files",
+                        lambda file: None if file in ADAPTER_FILES else f"unexpected: send {' and '.join(ADAPTER_FILES)}")
     try:
         return await _published(sync, name, lambda: sync.registry.add(name, folder, publish or None))
     finally:

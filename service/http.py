@@ -1,18 +1,21 @@
 """The HTTP edge's shared pieces: reading a JSON body within the limits, work that stops when
-its client leaves, server-sent events. Routers use these; logic lives elsewhere."""
+its client leaves, server-sent events, files uploaded. Routers use these; logic lives elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator, Awaitable, TypeVar
+import shutil
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
-from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnsupportedMediaType
+from ragtune.errors import RagtuneError, RequestTimeout, RequestTooLarge, UnsupportedMediaType, UsageError
 from ragtune.settings import ServiceSettings
 from service import errors
 from service.errors import ClientDisconnected
@@ -91,3 +94,51 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# OpenAPI for a route that takes files with `receive_files`.
+FILES_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}}}}
+
+
+async def receive_files(
+    request: Request, folder: Path, limit: int, max_files: int, what: str, refuse: Callable[[str], str | None],
+) -> list[Path]:
+    """The files of a multipart upload (one `files` part each), written into a new `folder` by
+    their names alone; `refuse(name)` says why a name is not taken (None: it is). At most `limit`
+    bytes in all (setting service.max_upload_bytes), sent with a Content-Length. On any error
+    nothing is left behind."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
+    if int(declared) > limit:
+        raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType(f"send the {what} as multipart/form-data, one `files` part per file")
+    try:
+        form = await request.form(max_files=max_files, max_fields=0)
+    except HTTPException as exc:  # the multipart parser's own refusals: too many files, a field that is not a file
+        raise UsageError(f"the upload: {exc.detail}; send only file parts named `files` (at most {max_files})",
+                         param="files") from None
+    folder.mkdir(parents=True)
+    paths: list[Path] = []
+    try:
+        for _, upload in form.multi_items():
+            name = Path(getattr(upload, "filename", None) or "").name
+            why = refuse(name)
+            if why is not None:
+                raise UsageError(f"{name!r}: {why}", param="files")
+            if (folder / name).exists():
+                raise UsageError(f"{name!r} is in this upload twice", param="files")
+            with open(folder / name, "wb") as target:
+                await asyncio.to_thread(shutil.copyfileobj, upload.file, target)
+            paths.append(folder / name)
+        if not paths:
+            raise UsageError("no files in the upload: send them as `files` parts", param="files")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        await form.close()
+    return paths

@@ -21,18 +21,17 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 from pydantic import BaseModel
 
 from indexer import collections
 from indexer.ingest import Ingestor
-from ragtune.errors import NotFound, RequestTooLarge, UnsupportedMediaType, UsageError
+from ragtune.errors import NotFound
 from service import errors
 from service.deps import Config, Pipeline, admin_key
+from service.http import FILES_BODY, receive_files
 
 log = logging.getLogger("ragtune.ingest")
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_key)], responses=errors.RESPONSES)
@@ -110,54 +109,13 @@ def _jobs(request: Request) -> Jobs:
     return request.app.state.ingest_jobs
 
 
-async def _receive(request: Request, folder: Path, limit: int) -> list[Path]:
-    """The uploaded files, written into `folder` (names only: no directories)."""
-    declared = request.headers.get("content-length", "")
-    if not declared.isdigit():
-        raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
-    if int(declared) > limit:
-        raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UnsupportedMediaType("send the documents as multipart/form-data, one `files` part per file")
-    try:
-        form = await request.form(max_files=MAX_FILES, max_fields=0)
-    except HTTPException as exc:  # the multipart parser's own refusals: too many files, a field that is not a file
-        raise UsageError(f"the upload: {exc.detail}; send only file parts named `files` (at most {MAX_FILES})",
-                         param="files") from None
-    folder.mkdir(parents=True)
-    paths: list[Path] = []
-    try:
-        for _, upload in form.multi_items():
-            name = Path(getattr(upload, "filename", None) or "").name
-            if not name or name.startswith("."):
-                raise UsageError(f"every part needs a file name, not hidden (got {name!r})", param="files")
-            if (folder / name).exists():
-                raise UsageError(f"{name!r} is in this upload twice", param="files")
-            with open(folder / name, "wb") as target:
-                await asyncio.to_thread(shutil.copyfileobj, upload.file, target)
-            paths.append(folder / name)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
-        await form.close()
-    if not paths:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise UsageError("no files in the upload: send them as `files` parts", param="files")
-    return paths
-
-
-_FILES = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-}}}}}
-
-
-@router.post("/collections/{name}/documents", status_code=202, response_model=JobView, openapi_extra=_FILES)
+@router.post("/collections/{name}/documents", status_code=202, response_model=JobView, openapi_extra=FILES_BODY)
 async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -> JSONResponse:
     collections.check_name(name)
     directory = collections.directory(settings.index, name)
     folder = directory / "uploads" / uuid.uuid4().hex[:16]
-    paths = await _receive(request, folder, settings.service.max_upload_bytes)
+    paths = await receive_files(request, folder, settings.service.max_upload_bytes, MAX_FILES, "documents",
+                                lambda file: "every part needs a file name, not a hidden one" if not file or file.startswith(".") else None)
     ingestor = Ingestor(settings, rag.retriever.embedder)
     job = Job(name, len(paths))
     loop = asyncio.get_running_loop()
