@@ -119,7 +119,9 @@ def run_eval(
                 err.print(f"{name}: {logged['done']}/{total} answers in {logged['at'] - logged['started']:.0f} s")
 
         run_setup = {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "top_k": top_k or settings.retrieval.top_k,
-                     "fewshot_k": request.fewshot_k, "demonstrations": str(demonstrations) if demonstrations else None,
+                     "fewshot_k": request.fewshot_k, "repetition_penalty": settings.generation.repetition_penalty,
+                     "frequency_penalty": settings.generation.frequency_penalty,
+                     "demonstrations": str(demonstrations) if demonstrations else None,
                      "prompt": settings.prompt.model_dump(), "retrieval": settings.retrieval.model_dump(mode="json")}
         cache = out_dir / "answers.jsonl"
         if fresh:

@@ -119,9 +119,15 @@ class SentenceTransformerEmbedder:
             "dimension": self.dimension,
             "fingerprint": self.fingerprint,
             "max_seq_length": self.max_seq_length,
+            "backend": "torch",
         }
 
 
-def load_embedder(settings: EmbeddingSettings) -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(settings)
+def load_embedder(settings: EmbeddingSettings) -> Embedder:
+    if settings.backend == "torch":
+        return SentenceTransformerEmbedder(settings)
+    from indexer.onnx_embedder import OnnxEmbedder
+
+    model_dir = Path(settings.model)
+    return OnnxEmbedder(settings, model_dir, display_name(settings.model), model_fingerprint(model_dir))
 

@@ -61,6 +61,7 @@ class EmbedderIdentity(BaseModel):
     dimension: int
     fingerprint: str
     max_seq_length: int
+    backend: str = "torch"  # what ran the model (indexes made before there was a choice: torch)
 
 
 class Manifest(BaseModel):
@@ -142,6 +143,12 @@ def check_embedder(manifest: Manifest, identity: EmbedderIdentity, directory: Pa
             f"index at {directory} was built with embedding model {built.name} (dim {built.dimension}) "
             f"but {identity.name} (dim {identity.dimension}) is configured; set RAGTUNE_EMBEDDING__MODEL "
             "to the index's model, or use another --index-dir for the new model"
+        )
+    if built.backend != identity.backend:
+        raise IndexIncompatible(
+            f"index at {directory} was embedded with embedding.backend {built.backend}, but {identity.backend} is "
+            f"configured: their vectors differ slightly, so one index keeps one. Set RAGTUNE_EMBEDDING__BACKEND="
+            f"{built.backend}, or rebuild the index (another --index-dir) with {identity.backend}"
         )
 
 

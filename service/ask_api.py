@@ -22,7 +22,7 @@ async def ask(request: Request, rag: Pipeline, settings: Config, sync: Sync):
     body = await parse_json(request, AskRequest, settings.service)
     limits.check_ask(body, settings.service)
     adapter = rag.check_model(body.model)
-    params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter)
+    params = body.params(settings.generation, adapter)
     overrides = {k: v for k, v in {"top_k": body.top_k, "min_score": body.min_score, "collection": body.collection}.items()
                  if v is not None}
     options = (body.filters or RetrievalOptions()).model_copy(update=overrides)

@@ -31,7 +31,7 @@ async def chat(request: Request, rag: Pipeline, settings: Config, sync: Sync):
     body = await parse_json(request, ChatCompletionRequest, settings.service)
     limits.check_chat(body, settings.service, settings.generation.backend)
     adapter = rag.check_model(body.model)
-    params = body.params(settings.generation.max_answer_tokens, settings.generation.temperature, adapter, body.max_completion_tokens)
+    params = body.params(settings.generation, adapter, body.max_completion_tokens)
     params = dataclasses.replace(params, extra=body.passthrough(HONOURED_FIELDS[settings.generation.backend]))
     system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
     turns = [m.turn() for m in body.messages if m.role not in ("system", "developer")]

@@ -70,7 +70,10 @@ def ask(
         embedder = load_embedder(settings.embedding)
         generator = create_generator(settings.generation)
     rag = build_pipeline(settings, embedder, generator)
-    params = GenerationParams(max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature)
+    params = GenerationParams(
+        max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature,
+        repetition_penalty=settings.generation.repetition_penalty, frequency_penalty=settings.generation.frequency_penalty,
+    )
 
     async def answer():
         try:

@@ -62,7 +62,7 @@ async def completions(request: Request, rag: Pipeline, settings: Config):
     limits.check_sampling(body, body.retrieval, settings.service)
     check_collection(request, body.retrieval.collection if body.retrieval else None)
     adapter = rag.check_model(body.model)
-    params = body.params(OPENAI_DEFAULT_MAX_TOKENS, settings.generation.temperature, adapter)
+    params = body.params(settings.generation, adapter, default_max=OPENAI_DEFAULT_MAX_TOKENS)
     prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], body.retrieval, params.max_tokens))
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
 from ragtune.errors import ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
 from ragtune.settings import Settings
-from service.generation.base import Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
+from service.generation.base import STRUCTURED_FIELDS, Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
 from service.fewshot import Demonstrations
 from service.packing import Ledger, Packer, Passage
 from service.schema import Citation, RetrievalOptions, Usage
@@ -160,15 +160,23 @@ class RagPipeline:
     async def prepare_async(self, *args, **kwargs) -> Prepared:
         return await asyncio.to_thread(self.prepare, *args, **kwargs)
 
+    def _answer_params(self, prepared: Prepared, params: GenerationParams) -> GenerationParams:
+        """An answer from passages stops at the setting prompt.stop (the end of a short answer in prose; not JSON
+        or tool calls, which may span lines), unless the request named its own stops (`[]`: none)."""
+        prose = not any(k in params.extra for k in STRUCTURED_FIELDS)
+        if prepared.ledger is None or not params.default_stop or not prose:
+            return params
+        return replace(params, stop=tuple(self.settings.prompt.stop))
+
     async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
         started = time.perf_counter()
-        completion = await self.generator.generate(prepared.messages, params)
+        completion = await self.generator.generate(prepared.messages, self._answer_params(prepared, params))
         self._finished(prepared, completion, started)
         return completion
 
     async def stream(self, prepared: Prepared, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         started = time.perf_counter()
-        async for event in self.generator.stream(prepared.messages, params):
+        async for event in self.generator.stream(prepared.messages, self._answer_params(prepared, params)):
             if event.done:
                 self._finished(prepared, event.completion, started)
             yield event

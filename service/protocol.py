@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.generation.base import GenerationParams
+from ragtune.settings import GenerationSettings
+from service.generation.base import STRUCTURED_FIELDS, GenerationParams
 from service.schema import STRICT, RetrievalOptions
 
 
@@ -23,15 +24,36 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Subtracted from a token's logit per time it is already in the answer "
+        "(default: the setting generation.frequency_penalty).",
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Subtracted once from a token's logit if it is already in the answer.",
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=2, description="ragtune and vLLM extension: above 1 discourages tokens of the prompt and the "
+        "answer alike (default: the setting generation.repetition_penalty).",
+    )
 
-    def params(self, default_max: int, default_temperature: float, model: str | None, max_tokens: int | None = None) -> GenerationParams:
+    def params(
+        self, defaults: GenerationSettings, model: str | None, max_tokens: int | None = None, default_max: int | None = None,
+    ) -> GenerationParams:
+        """The backend's parameters: the request's, else the settings' defaults (the default frequency penalty is
+        for prose: JSON and tool calls repeat their quotes and braces by design, so they go without it)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        structured = any(not neutral(v) for k, v in (self.model_extra or {}).items() if k in STRUCTURED_FIELDS)
+        frequency = 0.0 if structured else defaults.frequency_penalty
         return GenerationParams(
-            max_tokens=max_tokens or self.max_tokens or default_max,
-            temperature=default_temperature if self.temperature is None else self.temperature,
+            max_tokens=max_tokens or self.max_tokens or default_max or defaults.max_answer_tokens,
+            temperature=defaults.temperature if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
+            default_stop=self.stop is None,
             seed=self.seed,
+            repetition_penalty=defaults.repetition_penalty if self.repetition_penalty is None else self.repetition_penalty,
+            frequency_penalty=frequency if self.frequency_penalty is None else self.frequency_penalty,
+            presence_penalty=self.presence_penalty or 0.0,
             model=model,
         )
 
@@ -85,8 +107,7 @@ class StreamOptions(BaseModel):
 # OpenAI chat fields each backend honours: vLLM gets them as they are (its answer comes back
 # unchanged in shape); the embedded engine enforces response_format itself.
 HONOURED_FIELDS = {
-    "vllm": ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs",
-             "presence_penalty", "frequency_penalty", "logit_bias"),
+    "vllm": ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "logit_bias"),
     "local": ("response_format", "logprobs", "top_logprobs"),
 }
 # OpenAI chat fields a backend may not honour. A request may send them with a value that asks
@@ -94,7 +115,7 @@ HONOURED_FIELDS = {
 # by name, never ignored (HONOURED_FIELDS are, by their backend).
 UNSUPPORTED_CHAT_FIELDS = (
     "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format", "logprobs",
-    "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "audio", "modalities", "prediction",
+    "top_logprobs", "logit_bias", "audio", "modalities", "prediction",
     "web_search_options", "reasoning_effort", "service_tier", "store", "metadata",
 )
 _NEUTRAL = (None, False, 0, "", [], {}, {"type": "text"}, "none")

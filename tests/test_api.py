@@ -55,6 +55,9 @@ def oai(client):
     return openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="client-key", http_client=client)
 
 
+NO_RETRIEVAL = {"retrieval": {"enabled": False}}
+
+
 def events(response) -> list:
     lines = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -98,6 +101,33 @@ def test_retrieval_off_leaves_the_question_alone(client, generator):
     assert body["ledger"] == {**{k: None for k in body["ledger"]}, "retrieval": "disabled", "dropped_turns": 0, "warnings": []}
     assert body["sources"] == [] and generator.prompts[-1] == [{"role": "user", "content": "Hello there"}]
     assert body["choices"][0]["message"]["content"] == "I have no passage to answer from."
+
+
+def test_decoding_defaults_and_the_answer_stop_reach_the_backend(client, generator):
+    """The penalties' settings are defaults a request may override; prompt.stop ends answers from passages only (a
+    chat without retrieval is left to the client), unless the request names its own stops ([]: none)."""
+    settings = client.app.state.settings
+    assert settings.prompt.stop == ["\n"] and settings.generation.frequency_penalty == 1.0
+    client.post("/ask", json={"question": "Who ruled the duchy of Normandy?"})
+    asked = generator.params[-1]
+    assert asked.repetition_penalty == settings.generation.repetition_penalty
+    assert asked.frequency_penalty == 1.0 and asked.stop == ("\n",)
+    client.post("/ask", json={"question": "Who ruled the duchy of Normandy?", "repetition_penalty": 1.3, "stop": ["."],
+                              "frequency_penalty": 0})
+    assert generator.params[-1].repetition_penalty == 1.3 and generator.params[-1].stop == (".",)
+    assert generator.params[-1].frequency_penalty == 0
+    client.post("/ask", json={"question": "Who ruled the duchy of Normandy?", "stop": []})
+    assert generator.params[-1].stop == ()
+    client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **NO_RETRIEVAL})
+    assert generator.params[-1].stop == ()
+    # JSON is not prose: it may span lines and repeats its quotes, so neither the answer stop nor the default penalty
+    client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Who ruled?"}],
+                                              "response_format": {"type": "json_object"}})
+    assert generator.params[-1].stop == () and generator.params[-1].frequency_penalty == 0.0
+    assert generator.params[-2].frequency_penalty == settings.generation.frequency_penalty
+    refused = client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                                        "repetition_penalty": 5})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "repetition_penalty"
 
 
 def test_the_openai_client_reads_chat_answers_plain_and_streamed(oai, client):

@@ -169,7 +169,8 @@ def test_openai_fields_reach_vllm_and_its_answer_comes_back_in_shape(service):
 
     sampled = client.chat.completions.create(
         model=BASE_MODEL, messages=ask, n=2, logprobs=True, top_logprobs=2, temperature=1.0, seed=3, max_tokens=5,
-        presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"28": -100}, stop=["\n\n"], extra_body=NO_RETRIEVAL,
+        presence_penalty=0.5, frequency_penalty=0.5, logit_bias={"28": -100}, stop=["\n\n"],
+        extra_body={**NO_RETRIEVAL, "repetition_penalty": 1.1},
     )
     assert [c.index for c in sampled.choices] == [0, 1]
     assert all(len(c.logprobs.content[0].top_logprobs) == 2 for c in sampled.choices)

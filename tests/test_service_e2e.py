@@ -104,6 +104,7 @@ def test_retrieval_can_be_turned_off_per_request(client):
         ({}, 400, "question: Field required"),
         ("[1, 2]", 400, "body: Input should be an object"),
         ({"question": "hi", "topk": 3}, 400, "topk: Extra inputs are not permitted"),
+        ({"question": "hi", "repetition_penalty": 0}, 400, "repetition_penalty"),
     ],
 )
 def test_bad_ask_requests_get_a_4xx_that_says_what_to_fix(server, body, status, fragment):
@@ -317,3 +318,21 @@ def test_logprobs_on_the_embedded_engine(client):
         assert step.logprob <= 0 and len(step.top_logprobs) == 3
         assert step.top_logprobs[0].token == step.token and abs(step.top_logprobs[0].logprob - step.logprob) < 1e-6
         assert step.top_logprobs[0].logprob >= step.top_logprobs[1].logprob >= step.top_logprobs[2].logprob
+
+
+def test_penalties_stop_a_greedy_loop_on_the_embedded_engine(client):
+    """frequency_penalty (OpenAI's) and repetition_penalty (vLLM's), honoured by the embedded engine too: an answer
+    that loops under greedy decoding repeats itself less with either."""
+    ask = dict(model=BASE_MODEL, messages=[{"role": "user", "content": "Write the word 'hello' twenty times."}],
+               max_tokens=40, temperature=0)
+    off = {"retrieval": {"enabled": False}}
+
+    def repeated(response) -> float:  # the share of words that occurred before
+        words = response.choices[0].message.content.lower().split()
+        return 1 - len(set(words)) / max(1, len(words))
+
+    plain = repeated(client.chat.completions.create(**ask, frequency_penalty=0, extra_body=off))
+    assert plain > 0.5  # the loop this is about
+    assert repeated(client.chat.completions.create(**ask, frequency_penalty=0, extra_body={**off, "repetition_penalty": 1.5})) < plain
+    assert repeated(client.chat.completions.create(**ask, frequency_penalty=1.0, extra_body=off)) < plain  # the default
+    assert repeated(client.chat.completions.create(**ask, extra_body=off)) < plain

@@ -87,10 +87,12 @@ def test_request_bodies_fit_vllms_request_model(stream):
     from tests.vllm_protocol_server import ChatCompletionRequest
 
     generator = VllmGenerator(GenerationSettings(backend="vllm"))
-    params = GenerationParams(max_tokens=20, temperature=0.3, stop=("\n\n",), seed=7, model="my-adapter")
+    params = GenerationParams(max_tokens=20, temperature=0.3, stop=("\n\n",), seed=7, model="my-adapter",
+                              repetition_penalty=1.1, frequency_penalty=0.5, presence_penalty=0.2)
     body = generator._body([{"role": "user", "content": "hi"}], params, stream)
     parsed = ChatCompletionRequest(**json.loads(json.dumps(body)))  # extra fields would be refused
     assert parsed.model == "my-adapter" and parsed.max_tokens == 20 and parsed.stop == ["\n\n"]
+    assert (parsed.repetition_penalty, parsed.frequency_penalty, parsed.presence_penalty) == (1.1, 0.5, 0.2)
     assert (parsed.stream_options is not None) is stream
 
 

@@ -70,6 +70,8 @@ class ChatCompletionRequest(Strict):
     top_k: int | None = None
     min_tokens: int = 0
     repetition_penalty: float | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
     skip_special_tokens: bool = True
 
     @model_validator(mode="after")

@@ -8,13 +8,20 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 
+STRUCTURED_FIELDS = ("response_format", "tools", "tool_choice")  # OpenAI fields whose answers are JSON, not prose
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    default_stop: bool = True  # the request named no stop of its own: an answer from passages ends at prompt.stop
     seed: int | None = None
+    repetition_penalty: float = 1.0  # vLLM's and transformers' sense: > 1 discourages tokens already in prompt or answer
+    frequency_penalty: float = 0.0  # OpenAI's sense: subtracted from a token's logit per time it is in the answer so far
+    presence_penalty: float = 0.0  # once, if it is in the answer so far (the prompt does not count)
     model: str | None = None  # an adapter name, or None for the base model
     # OpenAI fields passed to the backend as they are (tools, response_format, logprobs...), for a
     # backend that honours them (vLLM); its choices then come back unchanged in `Completion.choices`.

@@ -45,6 +45,7 @@ class FakeGenerator(Backend):
         self.context_window = self.counter.context_window
         self.reply = reply
         self.prompts: list[Messages] = []  # every prompt it was given, for tests to read
+        self.params: list[GenerationParams] = []  # and the parameters each came with
         self.adapters: list[str] = []
 
     def count_chat_tokens(self, messages: Messages) -> int:
@@ -73,6 +74,7 @@ class FakeGenerator(Backend):
 
     async def stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         self.prompts.append(messages)
+        self.params.append(params)
         text = self.answer(messages)
         cuts = [text.find(s) for s in params.stop if s and s in text]
         if cuts:

