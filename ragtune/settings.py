@@ -139,9 +139,9 @@ class PromptSettings(BaseModel):
         "[{number}] {title}\n{text}", description="One passage; fields: number, title, text, source."
     )
     context_template: str = Field(
-        "Passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with a short phrase from the passages.",
-        description="The user turn carrying the passages; fields: passages, question. The answer-style line at the end "
-        "was chosen with `ragtune eval` on SQuAD (README, Answer style and decoding).",
+        "Passages:\n\n{passages}\n\nQuestion: {question}",
+        description="The user turn carrying the passages; fields: passages, question. An answer-style line after the "
+        "question made the default model echo the question (README, Answer style and decoding).",
     )
     stop: list[str] = Field(
         default_factory=lambda: ["\n"],
