@@ -309,9 +309,10 @@ def test_the_model_can_rewrite_a_follow_up_into_a_standalone_query(squad_index, 
 
 
 def test_logprobs_on_the_embedded_engine(client):
-    """From the scores the engine computes anyway: greedy decoding picks each step's likeliest token."""
+    """From the scores the engine computes anyway (the model's, before penalties, as vLLM reports them): greedy
+    decoding without a penalty picks each step's likeliest token."""
     response = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Where is Normandy?"}],
-                                              max_tokens=6, logprobs=True, top_logprobs=3)
+                                              max_tokens=6, logprobs=True, top_logprobs=3, frequency_penalty=0)
     content = response.choices[0].logprobs.content
     assert len(content) == response.usage.completion_tokens
     for step in content:

@@ -257,6 +257,8 @@ def create_app(generator, served_model: str, max_model_len: int, max_lora_rank: 
         params = GenerationParams(
             max_tokens=max_tokens, temperature=body.temperature if body.temperature is not None else 1.0,
             top_p=body.top_p or 1.0, stop=stops, seed=body.seed, model=body.model if body.model in adapters else None,
+            frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+            repetition_penalty=body.repetition_penalty or 1.0,
         )
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model or served_model
         if not body.stream:
