@@ -209,9 +209,8 @@ class InProcess:
         started = time.perf_counter()
         options = RetrievalOptions(**self.request.retrieval(strategy))
         prepared = await self.pipeline.prepare_async(item.question, [], options, self.request.max_tokens)
-        params = GenerationParams(max_tokens=self.request.max_tokens, temperature=0.0, seed=self.request.seed,
-                                  repetition_penalty=self.settings.generation.repetition_penalty,
-                                  frequency_penalty=self.settings.generation.frequency_penalty, model=strategy.adapter)
+        params = GenerationParams.defaults(self.settings.generation, max_tokens=self.request.max_tokens, temperature=0.0,
+                                           seed=self.request.seed, model=strategy.adapter)
         completion = await self.pipeline.complete(prepared, params)
         ranked = ranked_documents(prepared.ledger.retrieved) if prepared.ledger is not None else None
         passages = {p.number: p.text for p in prepared.passages} if prepared.ledger is not None else None

@@ -70,10 +70,7 @@ def ask(
         embedder = load_embedder(settings.embedding)
         generator = create_generator(settings.generation)
     rag = build_pipeline(settings, embedder, generator)
-    params = GenerationParams(
-        max_tokens=max_tokens or settings.generation.max_answer_tokens, temperature=settings.generation.temperature,
-        repetition_penalty=settings.generation.repetition_penalty, frequency_penalty=settings.generation.frequency_penalty,
-    )
+    params = GenerationParams.defaults(settings.generation, **({"max_tokens": max_tokens} if max_tokens else {}))
 
     async def answer():
         try:

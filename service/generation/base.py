@@ -27,6 +27,13 @@ class GenerationParams:
     # backend that honours them (vLLM); its choices then come back unchanged in `Completion.choices`.
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def defaults(cls, generation, **fields) -> GenerationParams:
+        """The settings' decoding defaults (generation.max_answer_tokens, temperature, penalties), `fields` over them."""
+        base = dict(max_tokens=generation.max_answer_tokens, temperature=generation.temperature,
+                    repetition_penalty=generation.repetition_penalty, frequency_penalty=generation.frequency_penalty)
+        return cls(**{**base, **fields})
+
 
 @dataclass
 class Completion:
