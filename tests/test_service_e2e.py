@@ -308,9 +308,17 @@ def test_the_model_can_rewrite_a_follow_up_into_a_standalone_query(squad_index, 
     assert prepared.ledger.query == query
 
 
-def test_logprobs_on_the_embedded_engine(client):
+@pytest.fixture(scope="module")
+def transformers_client(tmp_path_factory, squad_index):
+    """The service on the transformers engine, the one that computes logprobs (the default engine here is OpenVINO's)."""
+    with serving(squad_index, tmp_path_factory.mktemp("service-pt"), RAGTUNE_GENERATION__ENGINE="transformers") as served:
+        yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused")
+
+
+def test_logprobs_on_the_transformers_engine(transformers_client):
     """From the scores the engine computes anyway (the model's, before penalties, as vLLM reports them): greedy
     decoding without a penalty picks each step's likeliest token."""
+    client = transformers_client
     response = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Where is Normandy?"}],
                                               max_tokens=6, logprobs=True, top_logprobs=3, frequency_penalty=0)
     content = response.choices[0].logprobs.content

@@ -71,6 +71,8 @@ class _Penalties:
 
 
 class LocalGenerator(Backend):
+    engine = "transformers"  # which embedded engine this is (eval reports and their answer caches name it)
+
     def __init__(self, settings: GenerationSettings):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

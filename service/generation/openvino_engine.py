@@ -1,0 +1,167 @@
+"""The embedded engine on OpenVINO GenAI (generation.engine = openvino): the same model, exported once
+to int8 IR (openvino_files.py), run by OpenVINO's C++ generation loop.
+
+It keeps the transformers engine's contract (local.py, whose queue, worker thread and streaming it
+inherits): the prompt is tokenized by the model's own Hugging Face tokenizer, so token counts and
+budgets are the same; stop strings, seeds, temperature/top_p, the three penalties, `response_format`
+(OpenVINO's xgrammar backend) and cancellation when the client leaves. Logprobs are refused by name:
+OpenVINO GenAI reports only a sequence's summed score.
+
+LoRA adapters: OpenVINO applies the adapters registered when a pipeline is built and ignores others,
+and switching one pipeline between adapters per call proved unreliable here (after a switch, an
+adapter stopped applying). So each served adapter gets a pipeline of its own, built with it alone,
+next to the base model's; loading one builds it on the worker thread between requests (about 3 s
+for the default model), unloading drops it. Each costs the memory of a compiled model (the int8
+weights, ~0.15 GB for the default model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+from ragtune.errors import UnknownModel, UsageError
+from ragtune.settings import GenerationSettings
+from service.generation.base import Completion, GenerationParams, Messages
+from service.generation.local import GREEDY_BELOW, LocalGenerator, _stop_at
+from service.generation.model_files import converted_model_dir
+from service.generation.openvino_files import openvino_model_dir
+from service.generation.structured import check_response_format
+from service.generation.tokens import ChatTokens
+
+log = logging.getLogger("ragtune.generation")
+
+
+def adapter_scale(path: Path) -> float:
+    """PEFT's LoRA scale (lora_alpha / r, or / sqrt(r) with rsLoRA): OpenVINO reads only the weights,
+    so the scale is its blending alpha."""
+    config = json.loads((path / "adapter_config.json").read_text())
+    rank, alpha = config.get("r") or 8, config.get("lora_alpha") or 8
+    return alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
+
+
+def _streamer_class(og):
+    class Streamer(og.StreamerBase):
+        """Receives each new token id: passes on the answer's new text (holding back a partial UTF-8
+        character) and ends generation early when the client has left."""
+
+        def __init__(self, tokenizer, on_text, cancelled: threading.Event | None):
+            super().__init__()
+            self.tokenizer, self.on_text, self.cancelled = tokenizer, on_text, cancelled
+            self.ids: list[int] = []
+            self.sent = 0
+
+        def write(self, token):
+            self.ids.extend(token if isinstance(token, list) else [token])
+            if self.on_text is not None:
+                text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+                if len(text) > self.sent and not text.endswith("\ufffd"):
+                    self.on_text(text[self.sent:])
+                    self.sent = len(text)
+            if self.cancelled is not None and self.cancelled.is_set():
+                return og.StreamingStatus.CANCEL
+            return og.StreamingStatus.RUNNING
+
+        def end(self):
+            pass
+
+    return Streamer
+
+
+class OpenVINOGenerator(LocalGenerator):
+    engine = "openvino"
+
+    def __init__(self, settings: GenerationSettings):
+        # Not LocalGenerator.__init__: that loads the PyTorch model. The queue and the worker are shared.
+        import openvino_genai
+        from concurrent.futures import ThreadPoolExecutor
+        from transformers import AutoTokenizer
+
+        self._og = openvino_genai
+        self._streamer = _streamer_class(openvino_genai)
+        self.model_dir = openvino_model_dir(settings)
+        self.tokenizer = AutoTokenizer.from_pretrained(converted_model_dir(settings))
+        self.tokens = ChatTokens(self.tokenizer)
+        self.model_name = settings.model
+        self.context_window = settings.context_window
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+        self._max_queue = settings.max_queue
+        self._pending = 0
+        self._adapters: dict[str, Path] = {}  # changed on the worker thread only
+        self._pipes: dict[str | None, object] = {None: self._build(None)}  # None: the base model
+        self._served: tuple[str, ...] = ()
+
+    def _build(self, adapter_dir: Path | None):
+        started = time.perf_counter()
+        kwargs = {}
+        if adapter_dir is not None:
+            adapter = self._og.Adapter(str(adapter_dir / "adapter_model.safetensors"))
+            kwargs["adapters"] = self._og.AdapterConfig(adapter, adapter_scale(adapter_dir))
+        pipe = self._og.LLMPipeline(str(self.model_dir), "CPU", **kwargs)
+        log.info("openvino pipeline for %s built in %.2f s%s", self.model_dir.name, time.perf_counter() - started,
+                 f" with adapter {adapter_dir}" if adapter_dir else "")
+        return pipe
+
+    # -- generation -----------------------------------------------------------------------
+    def _config(self, params: GenerationParams):
+        unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
+        if unknown:  # the routes refuse these first; never ignore one that slipped through
+            raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
+        if params.extra.get("logprobs") or params.extra.get("top_logprobs"):
+            raise UsageError("logprobs: the openvino engine does not compute per-token log probabilities; leave it "
+                             "out, or run with RAGTUNE_GENERATION__ENGINE=transformers", param="logprobs")
+        config = self._og.GenerationConfig()
+        config.max_new_tokens = params.max_tokens
+        config.eos_token_id = self.tokenizer.eos_token_id
+        if params.temperature >= GREEDY_BELOW:
+            config.do_sample, config.temperature, config.top_p = True, params.temperature, params.top_p
+            # OpenVINO's generator starts from rng_seed 0 on every call: without a seed, draw one.
+            config.rng_seed = params.seed if params.seed is not None else random.getrandbits(31)
+        config.repetition_penalty = params.repetition_penalty
+        config.frequency_penalty = params.frequency_penalty
+        config.presence_penalty = params.presence_penalty
+        if params.stop:
+            config.stop_strings = set(params.stop)
+        schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
+        if schema is not None:
+            config.structured_output_config = self._og.StructuredOutputConfig(json_schema=json.dumps(schema or {"type": "object"}))
+        return config
+
+    def _run(self, messages: Messages, params: GenerationParams, on_text=None, cancelled: threading.Event | None = None) -> Completion:
+        import numpy as np
+        import openvino
+
+        if cancelled is not None and cancelled.is_set():  # its client left while it waited
+            return Completion("", 0, 0, "cancelled", params.model or self.model_name)
+        pipe = self._pipes.get(params.model)
+        if pipe is None:
+            raise UnknownModel(f"model {params.model!r} is not loaded; GET /v1/models lists what is served")
+        config = self._config(params)
+        ids = self.tokens.prompt_ids(messages)
+        inputs = self._og.TokenizedInputs(openvino.Tensor(np.array([ids], dtype=np.int64)),
+                                          openvino.Tensor(np.ones((1, len(ids)), dtype=np.int64)))
+        streamer = self._streamer(self.tokenizer, on_text, cancelled)
+        result = pipe.generate(inputs, config, streamer)
+        tokens = [int(t) for t in result.tokens[0]]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        ended_by_eos = bool(tokens) and tokens[-1] == self.tokenizer.eos_token_id
+        cut = _stop_at(text, params.stop)
+        if cut is not None:
+            text = text[:cut]
+        finish = "stop" if ended_by_eos or cut is not None or len(tokens) < params.max_tokens else "length"
+        return Completion(text.strip(), len(ids), len(tokens), finish, params.model or self.model_name)
+
+    # -- adapters ---------------------------------------------------------------------------
+    def _load(self, name: str, path: Path) -> None:
+        self._pipes[name] = self._build(path)  # a new version under the same name replaces the old one
+        self._adapters[name] = path
+        self._served = tuple(self._adapters)
+
+    def _unload(self, name: str) -> None:
+        del self._adapters[name]
+        self._served = tuple(self._adapters)
+        del self._pipes[name]
