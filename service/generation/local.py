@@ -33,6 +33,15 @@ def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
     return min(positions) if positions else None
 
 
+def _schema(params: GenerationParams) -> dict | None:
+    """The JSON schema `response_format` asks for (None: plain text); UsageError for a field no embedded
+    engine takes (the routes refuse these first; never ignore one that slipped through)."""
+    unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
+    if unknown:
+        raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
+    return check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
+
+
 GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (as in vLLM); dividing by it overflows
 
 
@@ -84,18 +93,22 @@ class LocalGenerator(Backend):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             settings.dtype, torch.bfloat16 if self.device == "cuda" else torch.float32
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._start(settings, AutoTokenizer.from_pretrained(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
         self.model_dir = model_dir
+        self._torch = torch
+        self.json = JsonConstraints(self.tokenizer, self.model.config.vocab_size)  # response_format
+        self._peft = None  # the PeftModel around self.model once an adapter is loaded
+
+    def _start(self, settings: GenerationSettings, tokenizer) -> None:
+        """What every embedded engine shares: the model's own tokenizer (prompts and counts), the one worker and its queue."""
+        self.tokenizer = tokenizer
+        self.tokens = ChatTokens(tokenizer)
         self.model_name = settings.model
         self.context_window = settings.context_window
-        self._torch = torch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self._max_queue = settings.max_queue
         self._pending = 0  # jobs submitted and not finished (the running one included)
-        self.tokens = ChatTokens(self.tokenizer)
-        self.json = JsonConstraints(self.tokenizer, self.model.config.vocab_size)  # response_format
-        self._peft = None  # the PeftModel around self.model once an adapter is loaded
         self._adapters: dict[str, Path] = {}  # changed on the worker thread only
         self._served: tuple[str, ...] = ()  # its names, swapped whole: the event loop reads it any time
 
@@ -125,10 +138,7 @@ class LocalGenerator(Backend):
             kwargs["repetition_penalty"] = params.repetition_penalty
         halt = _Halt(self._torch, self.tokenizer, input_ids.shape[1], params.stop, cancelled)
         kwargs["stopping_criteria"] = StoppingCriteriaList([halt])
-        unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
-        if unknown:  # the routes refuse these first; never ignore one that slipped through
-            raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
-        schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
+        schema = _schema(params)
         processors = []
         if params.frequency_penalty or params.presence_penalty:
             processors.append(_Penalties(self._torch, input_ids.shape[1], params.frequency_penalty, params.presence_penalty))
@@ -150,15 +160,17 @@ class LocalGenerator(Backend):
         sequences = output.sequences if want_logprobs else output
         new_ids = sequences[0, input_ids.shape[1] :]
         logprobs = self._logprobs(output.logits, new_ids, params.extra.get("top_logprobs") or 0) if want_logprobs else None
+        return self._completion(new_ids.tolist(), int(input_ids.shape[1]), params, logprobs)
+
+    def _completion(self, new_ids: list[int], prompt_tokens: int, params: GenerationParams, logprobs=None) -> Completion:
+        """The answer's text (cut at the first stop string) and why it ended, from the tokens generated."""
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        ended_by_eos = len(new_ids) > 0 and int(new_ids[-1]) == self.tokenizer.eos_token_id
+        ended_by_eos = bool(new_ids) and int(new_ids[-1]) == self.tokenizer.eos_token_id
         cut = _stop_at(text, params.stop)
         if cut is not None:
             text = text[:cut]
         finish = "stop" if ended_by_eos or cut is not None or len(new_ids) < params.max_tokens else "length"
-        return Completion(
-            text.strip(), int(input_ids.shape[1]), int(len(new_ids)), finish, params.model or self.model_name, logprobs=logprobs,
-        )
+        return Completion(text.strip(), prompt_tokens, len(new_ids), finish, params.model or self.model_name, logprobs=logprobs)
 
     def _logprobs(self, logits, new_ids, top: int) -> list[dict]:
         """OpenAI's `logprobs.content`: each generated token's log probability under the model, and the `top` likeliest."""

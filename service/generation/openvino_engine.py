@@ -27,11 +27,9 @@ from pathlib import Path
 from ragtune.errors import UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Completion, GenerationParams, Messages
-from service.generation.local import GREEDY_BELOW, LocalGenerator, _stop_at
+from service.generation.local import GREEDY_BELOW, LocalGenerator, _schema
 from service.generation.model_files import converted_model_dir
 from service.generation.openvino_files import openvino_model_dir
-from service.generation.structured import check_response_format
-from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
 
@@ -76,24 +74,15 @@ class OpenVINOGenerator(LocalGenerator):
     engine = "openvino"
 
     def __init__(self, settings: GenerationSettings):
-        # Not LocalGenerator.__init__: that loads the PyTorch model. The queue and the worker are shared.
+        # Not LocalGenerator.__init__: that loads the PyTorch model. The tokenizer, queue and worker are shared.
         import openvino_genai
-        from concurrent.futures import ThreadPoolExecutor
         from transformers import AutoTokenizer
 
         self._og = openvino_genai
         self._streamer = _streamer_class(openvino_genai)
         self.model_dir = openvino_model_dir(settings)
-        self.tokenizer = AutoTokenizer.from_pretrained(converted_model_dir(settings))
-        self.tokens = ChatTokens(self.tokenizer)
-        self.model_name = settings.model
-        self.context_window = settings.context_window
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
-        self._max_queue = settings.max_queue
-        self._pending = 0
-        self._adapters: dict[str, Path] = {}  # changed on the worker thread only
+        self._start(settings, AutoTokenizer.from_pretrained(converted_model_dir(settings)))
         self._pipes: dict[str | None, object] = {None: self._build(None)}  # None: the base model
-        self._served: tuple[str, ...] = ()
 
     def _build(self, adapter_dir: Path | None):
         started = time.perf_counter()
@@ -108,9 +97,7 @@ class OpenVINOGenerator(LocalGenerator):
 
     # -- generation -----------------------------------------------------------------------
     def _config(self, params: GenerationParams):
-        unknown = [k for k in params.extra if k not in ("response_format", "logprobs", "top_logprobs")]
-        if unknown:  # the routes refuse these first; never ignore one that slipped through
-            raise UsageError(f"{unknown[0]}: not supported by the local backend", param=unknown[0])
+        schema = _schema(params)
         if params.extra.get("logprobs") or params.extra.get("top_logprobs"):
             raise UsageError("logprobs: the openvino engine does not compute per-token log probabilities; leave it "
                              "out, or run with RAGTUNE_GENERATION__ENGINE=transformers", param="logprobs")
@@ -126,7 +113,6 @@ class OpenVINOGenerator(LocalGenerator):
         config.presence_penalty = params.presence_penalty
         if params.stop:
             config.stop_strings = set(params.stop)
-        schema = check_response_format(params.extra["response_format"]) if "response_format" in params.extra else None
         if schema is not None:
             config.structured_output_config = self._og.StructuredOutputConfig(json_schema=json.dumps(schema or {"type": "object"}))
         return config
@@ -146,14 +132,7 @@ class OpenVINOGenerator(LocalGenerator):
                                           openvino.Tensor(np.ones((1, len(ids)), dtype=np.int64)))
         streamer = self._streamer(self.tokenizer, on_text, cancelled)
         result = pipe.generate(inputs, config, streamer)
-        tokens = [int(t) for t in result.tokens[0]]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        ended_by_eos = bool(tokens) and tokens[-1] == self.tokenizer.eos_token_id
-        cut = _stop_at(text, params.stop)
-        if cut is not None:
-            text = text[:cut]
-        finish = "stop" if ended_by_eos or cut is not None or len(tokens) < params.max_tokens else "length"
-        return Completion(text.strip(), len(ids), len(tokens), finish, params.model or self.model_name)
+        return self._completion([int(t) for t in result.tokens[0]], len(ids), params)
 
     # -- adapters ---------------------------------------------------------------------------
     def _load(self, name: str, path: Path) -> None:
