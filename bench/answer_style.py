@@ -49,7 +49,7 @@ async def main() -> None:
     rng = random.Random(args.seed)
     sample = (rng.sample([i for i in items if i.answerable], args.answerable)
               + rng.sample([i for i in items if not i.answerable], args.answerable // 2))
-    embedder, generator = load_embedder(settings.embedding), create_generator(settings.generation)
+    embedder, generator = load_embedder(settings.embedding, settings.index), create_generator(settings.generation)
     await generator.ready()
     generation = settings.generation
     print(f"{len(sample)} questions of {args.qa} ({args.answerable} answerable), model {generator.model_name}")

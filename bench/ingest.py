@@ -58,7 +58,7 @@ def throughput(copies: int) -> None:
     from ragtune.settings import get_settings
 
     settings = get_settings()
-    embedder = load_embedder(settings.embedding)
+    embedder = load_embedder(settings.embedding, settings.index)
     embedder.embed(["warm up the model"] * 64)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
@@ -92,7 +92,7 @@ def throughput(copies: int) -> None:
     print(f"  peak RSS:              {peak_rss_mb():8.0f} MB")
 
 
-def backends(copies: int) -> None:
+def backends(copies: int, batch_sizes: list[int]) -> None:
     from indexer.embedder import load_embedder
     from ragtune.settings import get_settings
 
@@ -103,29 +103,31 @@ def backends(copies: int) -> None:
     texts = paragraphs * copies
     settings = get_settings()
     print(f"backends: {len(texts)} SQuAD paragraphs to embed ({copies} copies), {len(questions)} answerable questions "
-          f"over {len(paragraphs)} paragraphs, batch {settings.embedding.batch_size}, cpus {os.cpu_count()}")
+          f"over {len(paragraphs)} paragraphs, cpus {os.cpu_count()}; ratios against torch at batch {batch_sizes[0]}")
     reference = None
     torch_rate = None
     for backend in ("torch", "onnx", "onnx-int8"):
-        started = time.perf_counter()
-        embedder = load_embedder(settings.embedding.model_copy(update={"backend": backend}))
-        load_s = time.perf_counter() - started
-        embedder.embed(["warm up the model"] * 16)
-        started = time.perf_counter()
-        vectors = embedder.embed(texts)
-        rate = len(texts) / (time.perf_counter() - started)
-        torch_rate = torch_rate or rate
-        docs, probes = vectors[: len(paragraphs)], embedder.embed([q for q, _ in questions])
-        ranks = np.argsort(-(probes @ docs.T), axis=1)
-        gold = np.array([i for _, i in questions])
-        position = np.argmax(ranks == gold[:, None], axis=1)
-        recall, mrr = float(np.mean(position < 5)), float(np.mean(1 / (position + 1)))
-        if reference is None:
-            reference = docs
-        agreement = float(np.mean(np.sum(docs * reference, axis=1)))
-        print(f"  {backend:10s} {rate:7.1f} chunks/s  {rate / torch_rate:5.2f}x torch   cosine to torch {agreement:.4f}   "
-              f"recall@5 {recall:.4f}  MRR {mrr:.4f}   load {load_s:5.1f}s   peak RSS {peak_rss_mb():.0f} MB")
-        del embedder
+        for batch in batch_sizes:
+            started = time.perf_counter()
+            embedder = load_embedder(settings.embedding.model_copy(update={"backend": backend, "batch_size": batch}))
+            load_s = time.perf_counter() - started
+            embedder.embed(["warm up the model"] * 16)
+            started = time.perf_counter()
+            vectors = embedder.embed(texts)
+            rate = len(texts) / (time.perf_counter() - started)
+            torch_rate = torch_rate or rate
+            docs, probes = vectors[: len(paragraphs)], embedder.embed([q for q, _ in questions])
+            ranks = np.argsort(-(probes @ docs.T), axis=1)
+            gold = np.array([i for _, i in questions])
+            position = np.argmax(ranks == gold[:, None], axis=1)
+            recall, mrr = float(np.mean(position < 5)), float(np.mean(1 / (position + 1)))
+            if reference is None:
+                reference = docs
+            agreement = float(np.mean(np.sum(docs * reference, axis=1)))
+            print(f"  {backend:10s} batch {batch:3d} {rate:7.1f} chunks/s  {rate / torch_rate:5.2f}x   cosine to torch "
+                  f"{agreement:.4f}   recall@5 {recall:.4f}  MRR {mrr:.4f}   load {load_s:5.1f}s   peak RSS {peak_rss_mb():.0f} MB",
+                  flush=True)
+            del embedder
 
 
 def clustered_vectors(n: int, dim: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
@@ -180,11 +182,12 @@ def main() -> None:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument("--batch-sizes", default="64,16,8", help="embedder batch sizes to compare (the first is the baseline)")
     args = parser.parse_args()
     if not args.skip_throughput:
         throughput(args.copies)
     if not args.skip_backends:
-        backends(max(1, args.copies // 3))
+        backends(max(1, args.copies // 3), [int(b) for b in args.batch_sizes.split(",")])
     if not args.skip_search:
         search([int(s) for s in args.sizes.split(",")], args.queries)
 

@@ -122,7 +122,7 @@ def _serve_zero_cost(index_dir: str, port: int, log: str) -> None:
     settings.index.dir = Path(index_dir)
     real = LocalGenerator(settings.generation)
     zero = FakeGenerator(real.model_name, counter=real, reply="")  # packing counts with the real tokenizer
-    app = create_app(settings, generator=zero, embedder=load_embedder(settings.embedding))
+    app = create_app(settings, generator=zero, embedder=load_embedder(settings.embedding, settings.index))
     run_server(app, settings.service, "127.0.0.1", port)
 
 
@@ -372,7 +372,7 @@ def main() -> None:
     questions = [qa["question"] for a in squad for p in a["paragraphs"] for qa in p["qas"]]
     queries = (questions * (args.queries // len(questions) + 1))[: args.queries]
     settings = get_settings()
-    embedder = load_embedder(settings.embedding)
+    embedder = load_embedder(settings.embedding, settings.index)
     generator = LocalGenerator(settings.generation)
     for size in (int(s) for s in args.sizes.split(",") if s):
         query_path(size, queries, paragraphs, embedder, generator)

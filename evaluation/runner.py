@@ -158,7 +158,7 @@ class InProcess:
         self.adapters: dict[str, str] = {}  # name -> registry version evaluated
         self.warnings: list[str] = []  # adapters trained over another index version (lineage)
         self._loaded = False
-        self.embedder = load_embedder(settings.embedding)
+        self.embedder = load_embedder(settings.embedding, settings.index)
         self.generator = create_generator(settings.generation)
         self.pipeline = build_pipeline(settings, self.embedder, self.generator)
         if demonstrations is not None:

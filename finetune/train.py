@@ -134,7 +134,7 @@ class Trainer:
         if retrieval and embedder is None:
             from indexer.embedder import load_embedder
 
-            embedder = load_embedder(self.settings.embedding)
+            embedder = load_embedder(self.settings.embedding, self.settings.index)
         sequences, skipped, retrieval_report = self.sequences(data, tokens, retrieval, embedder)
         train_set, validation_set = _split(sequences, self.config.validation_fraction, self.config.seed)
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from indexer import collections
 from ragtune.cli_options import INDEXING, CollectionName, IndexDir, settings_for
 from ragtune.errors import UsageError
-from ragtune.settings import Settings
+from ragtune.settings import IndexSettings, Settings
 
 app = typer.Typer(help="Build and inspect the document index.", no_args_is_help=True, rich_markup_mode=None)
 out = Console()
@@ -24,12 +24,13 @@ INDEX_ONLY = ("index", "log")
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _ingestor(settings: Settings):
+def _ingestor(settings: Settings, *others: IndexSettings):
+    """`others`: where else to look for the backend an `auto` embedder keeps (a new collection follows the rest)."""
     from indexer.embedder import load_embedder
     from indexer.ingest import Ingestor
 
     with err.status("Loading the embedding model..."):
-        return Ingestor(settings, load_embedder(settings.embedding))
+        return Ingestor(settings, load_embedder(settings.embedding, settings.index, *others))
 
 
 class _RichProgress:
@@ -80,9 +81,10 @@ def add(
     from indexer.ingest import discover
 
     settings = settings_for(index_dir, INDEXING)
+    every = settings.index.model_copy()
     collections.choose(settings.index, collection, must_exist=False)  # a new name starts a collection
     discover(paths)  # a path that is not there is said before the embedder loads
-    ingestor = _ingestor(settings)
+    ingestor = _ingestor(settings, every)
     columns = (TextColumn("{task.description:9}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
                TaskProgressColumn(show_speed=True), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True, disable=as_json) as bar:

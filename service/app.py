@@ -45,7 +45,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         if embedder is None:
             from indexer.embedder import load_embedder
 
-            embedder = await asyncio.to_thread(load_embedder, settings.embedding)
+            embedder = await asyncio.to_thread(load_embedder, settings.embedding, settings.index)
         if generator is None:
             generator = await asyncio.to_thread(create_generator, settings.generation)
         app.state.pipeline = build_pipeline(settings, embedder, generator, app.state.metrics.observe_answer)

@@ -67,7 +67,7 @@ def ask(
     from service.schema import RetrievalOptions
 
     with err.status("Loading models..."):
-        embedder = load_embedder(settings.embedding)
+        embedder = load_embedder(settings.embedding, settings.index)
         generator = create_generator(settings.generation)
     rag = build_pipeline(settings, embedder, generator)
     params = GenerationParams.defaults(settings.generation, **({"max_tokens": max_tokens} if max_tokens else {}))

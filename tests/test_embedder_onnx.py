@@ -1,5 +1,6 @@
 """The ONNX Runtime embedder backends (embedding.backend onnx, onnx-int8): the same model, exported
-from its own weights; retrieval as good as torch's on SQuAD, and an index keeps its backend."""
+from its own weights; retrieval as good as torch's on SQuAD, an index keeps its backend, and `auto`
+(the default) keeps an existing index's backend and gives a new one onnx-int8."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def load(backend: str, cache):
     return load_embedder(EmbeddingSettings(backend=backend, cache_dir=cache))
 
 
+@pytest.fixture(scope="session")
+def torch_embedder(onnx_cache):
+    return load("torch", onnx_cache)
+
+
 def squad_retrieval(squad):
     paragraphs = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
     questions = [(qa["question"], i) for i, p in enumerate(p for a in squad["data"] for p in a["paragraphs"])
@@ -43,7 +49,8 @@ def recall_at_5(embedder, paragraphs, questions) -> tuple[float, np.ndarray]:
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
-def test_onnx_backends_retrieve_as_well_as_torch_on_squad(backend, onnx_cache, embedder, squad, report):
+def test_onnx_backends_retrieve_as_well_as_torch_on_squad(backend, onnx_cache, torch_embedder, squad, report):
+    embedder = torch_embedder
     paragraphs, questions = squad_retrieval(squad)
     onnx = load(backend, onnx_cache)
     assert (onnx.name, onnx.dimension, onnx.max_seq_length, onnx.fingerprint) == (
@@ -63,7 +70,7 @@ def test_onnx_backends_retrieve_as_well_as_torch_on_squad(backend, onnx_cache, e
 
 def test_the_export_is_made_once_and_reused(onnx_cache):
     load("onnx-int8", onnx_cache)
-    exported = list((onnx_cache / "embedders").glob("*-onnx-int8.onnx"))
+    exported = list((onnx_cache / "embedders").glob("*-onnx-int8-*.onnx"))
     assert len(exported) == 1
     stamp = exported[0].stat().st_mtime_ns
     load("onnx-int8", onnx_cache)
@@ -71,7 +78,7 @@ def test_the_export_is_made_once_and_reused(onnx_cache):
     assert not [p for p in (onnx_cache / "embedders").iterdir() if p.suffix != ".onnx"]  # no leftovers of the export
 
 
-def test_an_index_keeps_the_backend_that_embedded_it(tmp_path, onnx_cache, embedder):
+def test_an_index_keeps_the_backend_that_embedded_it(tmp_path, onnx_cache, torch_embedder):
     """Built through the CLI with onnx-int8; the torch backend is refused over it, by name, and the reverse."""
     from ragtune.settings import IndexSettings, RetrievalSettings
     from service.retrieval import Retriever
@@ -88,6 +95,61 @@ def test_an_index_keeps_the_backend_that_embedded_it(tmp_path, onnx_cache, embed
     hits, _ = Retriever(tmp_path / "index", IndexSettings(), onnx, 60, RetrievalSettings()).search("When does the ferry leave?", 1)
     assert "nine every morning" in hits[0].chunk.text
     with pytest.raises(IndexIncompatible, match="embedding.backend onnx-int8, but torch is configured.*RAGTUNE_EMBEDDING__BACKEND=onnx-int8"):
-        Retriever(tmp_path / "index", IndexSettings(), embedder, 60, RetrievalSettings()).search("ferry", 1)
-    again = run_ragtune("index", "add", str(tmp_path / "docs"), "--index-dir", str(tmp_path / "index"))  # torch, the default
+        Retriever(tmp_path / "index", IndexSettings(), torch_embedder, 60, RetrievalSettings()).search("ferry", 1)
+    again = run_ragtune("index", "add", str(tmp_path / "docs"), "--index-dir", str(tmp_path / "index"),
+                        RAGTUNE_EMBEDDING__BACKEND="torch")
     assert again.returncode != 0 and "RAGTUNE_EMBEDDING__BACKEND=onnx-int8" in again.stderr
+
+
+def test_auto_keeps_an_existing_index_backend_and_gives_a_new_index_int8(tmp_path, onnx_cache):
+    """An index embedded by torch (before auto was the default) goes on with torch through the CLI and a
+    query; a new index, and a new collection next to an int8 one, get onnx-int8."""
+    from indexer.embedder import load_embedder, resolve_backend
+    from ragtune.settings import EmbeddingSettings, IndexSettings, RetrievalSettings
+    from service.retrieval import Retriever
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Boats\n\nThe ferry leaves the harbour at nine every morning.\n")
+    old = tmp_path / "old-index"
+    cache = {"RAGTUNE_EMBEDDING__CACHE_DIR": str(onnx_cache)}
+    assert run_ragtune("index", "add", str(docs), "--index-dir", str(old), RAGTUNE_EMBEDDING__BACKEND="torch", **cache).returncode == 0
+    (docs / "b.md").write_text("# Trains\n\nThe night train to the coast leaves at eleven.\n")
+    more = run_ragtune("index", "add", str(docs), "--index-dir", str(old), **cache)  # auto, the default
+    assert more.returncode == 0, more.stderr[-2000:]
+    manifest = json.loads((store.committed_version_dir(old) / store.MANIFEST).read_text())
+    assert manifest["embedding"]["backend"] == "torch" and manifest["chunks"] == 2
+
+    auto = EmbeddingSettings(cache_dir=onnx_cache)
+    assert auto.backend == "auto"
+    assert resolve_backend(auto, IndexSettings(dir=old))[0] == "torch"
+    embedder = load_embedder(auto, IndexSettings(dir=old))
+    hits, _ = Retriever(old, IndexSettings(), embedder, 60, RetrievalSettings()).search("When does the night train leave?", 1)
+    assert "eleven" in hits[0].chunk.text
+
+    new = tmp_path / "new-index"
+    assert resolve_backend(auto, IndexSettings(dir=new)) == ("onnx-int8", "a new index on the CPU, onnxruntime installed")
+    made = run_ragtune("index", "add", str(docs), "--index-dir", str(new), **cache)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert json.loads((store.committed_version_dir(new) / store.MANIFEST).read_text())["embedding"]["backend"] == "onnx-int8"
+    # a new collection is served by the same embedder as the others: it follows them
+    shelves = tmp_path / "collections"
+    collection = run_ragtune("index", "add", str(docs), "--index-dir", str(old), "--collection", "trains",
+                             RAGTUNE_INDEX__COLLECTIONS_DIR=str(shelves), **cache)
+    assert collection.returncode == 0, collection.stderr[-2000:]
+    assert store.read_manifest(store.committed_version_dir(shelves / "trains")).embedding.backend == "torch"
+
+
+def test_auto_without_onnxruntime_or_on_a_gpu_is_torch(monkeypatch, tmp_path):
+    import importlib.util
+
+    from indexer.embedder import resolve_backend
+    from ragtune.settings import EmbeddingSettings, IndexSettings
+
+    index = IndexSettings(dir=tmp_path / "none", collections_dir=tmp_path / "none-either")
+    assert resolve_backend(EmbeddingSettings(device="cuda"), index)[0] == "torch"
+    assert EmbeddingSettings(device="cuda").batch_size == 64 and EmbeddingSettings().batch_size == 8
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    backend, why = resolve_backend(EmbeddingSettings(), index)
+    assert backend == "torch" and "pip install 'ragtune[onnx]'" in why

@@ -201,11 +201,16 @@ def test_embeddings_are_the_vectors_the_index_holds(client, server, squad_index)
 
     response = client.embeddings.create(model=model, input=texts)  # the openai client asks for base64
     served = np.array([d.embedding for d in response.data], dtype=np.float32)
-    assert served.shape == stored.shape and np.abs(served - stored).max() < 1e-5
+    assert served.shape == stored.shape
     assert [d.index for d in response.data] == list(range(5)) and response.usage.prompt_tokens > 5 * 20
-
     floats = httpx.post(f"{server}/v1/embeddings", json={"model": model, "input": texts[0], "encoding_format": "float"}).json()
-    assert np.abs(np.array(floats["data"][0]["embedding"]) - stored[0]).max() < 1e-5
+    alone = np.array(floats["data"][0]["embedding"], dtype=np.float32)
+    if snapshot.manifest.embedding.backend == "torch":
+        assert np.abs(served - stored).max() < 1e-5 and np.abs(alone - stored[0]).max() < 1e-5
+    else:  # int8: activation scales are per batch, so a vector moves a little with the texts embedded beside it
+        assert np.sum(served * stored, axis=1).min() > 0.99 and float(alone @ stored[0]) > 0.99
+    again = client.embeddings.create(model=model, input=texts)  # the same input gives the same vectors
+    assert np.array_equal(np.array([d.embedding for d in again.data], dtype=np.float32), served)
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input="x")
     too_long = httpx.post(f"{server}/v1/embeddings", json={"model": model, "input": "word " * 400})
