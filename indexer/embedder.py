@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ragtune.errors import UsageError
+from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import EmbeddingSettings, IndexSettings, packaged_embedder_path
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,11 @@ def resolve_backend(settings: EmbeddingSettings, *indexes: IndexSettings) -> tup
     for index in indexes:
         for name in collections.names(index):
             directory = collections.directory(index, name)
-            built = store.read_manifest(store.committed_version_dir(directory)).embedding
+            try:
+                built = store.read_manifest(store.committed_version_dir(directory)).embedding
+            except RagtuneError as exc:  # said again, where it matters, when the index is read
+                log.warning("embedding.backend auto: cannot read the index at %s (%s); looking further", directory, exc)
+                continue
             return built.backend, f"the backend the index at {directory} was embedded with"
     if settings.device != "cpu":
         return "torch", f"embedding.device is {settings.device}"

@@ -153,3 +153,14 @@ def test_auto_without_onnxruntime_or_on_a_gpu_is_torch(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     backend, why = resolve_backend(EmbeddingSettings(), index)
     assert backend == "torch" and "pip install 'ragtune[onnx]'" in why
+
+
+def test_auto_looks_past_an_unreadable_index(tmp_path):
+    """A broken index is said when it is read, not by the embedder's choice: the service still starts."""
+    from indexer.embedder import resolve_backend
+    from ragtune.settings import EmbeddingSettings, IndexSettings
+
+    broken = tmp_path / "index"
+    broken.mkdir()
+    (broken / store.CURRENT).write_text("000001-missing\n")
+    assert resolve_backend(EmbeddingSettings(), IndexSettings(dir=broken, collections_dir=tmp_path / "c"))[0] == "onnx-int8"
