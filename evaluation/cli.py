@@ -129,7 +129,8 @@ def run_eval(
         result = run(answerer, items, strategies, gold, settings.prompt.decline_answer, advance, cache, run_setup)
     if result.reused:
         err.print(f"resumed: {result.reused} answers from {cache} (same setup); --fresh answers everything again")
-    setup = {**answerer.describe(), **{k: v for k, v in run_setup.items() if k not in ("prompt", "retrieval")}}
+    setup = {**answerer.describe(), **{k: v for k, v in run_setup.items() if k not in ("prompt", "retrieval")},
+             "answerable_check": settings.prompt.answerable_check}
     report = reports.build(result, qa, {"sample": sample, "limit": limit, "seed": seed}, setup,
                            k=top_k or settings.retrieval.top_k)
     paths = reports.write(report, out_dir)

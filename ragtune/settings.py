@@ -169,6 +169,13 @@ class PromptSettings(BaseModel):
         description="What a model should answer when the passages do not hold the answer: the target "
         "for unanswerable questions in fine-tuning data, and what `ragtune eval` counts as declining.",
     )
+    answerable_check: float | None = Field(
+        None,
+        description="Before answering from passages, ask the model whether they state the answer (one prefill, "
+        "no answer generated) and give decline_answer when log P(yes) - log P(no) of its reply is below this. "
+        "Unset: off, the default, as the default model's judgement is chance; bench/answerability.py measures "
+        "a model's and picks the threshold on a training set (README, Declining).",
+    )
 
 
 class FewShotSettings(BaseModel):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
 from ragtune.errors import ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
 from ragtune.settings import Settings
+from service import answerable
 from service.generation.base import STRUCTURED_FIELDS, Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
 from service.fewshot import Demonstrations
 from service.packing import Ledger, Packer, Passage
 from service.schema import Citation, RetrievalOptions, Usage
 from indexer.collections import DEFAULT as DEFAULT_COLLECTION
 from service.retrieval import Filters, Retriever, Retrievers
+
+log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 240
 REWRITE_INSTRUCTION = (
@@ -36,6 +40,7 @@ class Prepared:
     timings_ms: dict[str, float] = field(default_factory=dict)
     dropped_turns: int = 0  # oldest conversation messages left out to fit
     query_from: str = "question"  # how the search query was made (see RagPipeline.search_query)
+    answerable: float | None = None  # the answerability check's yes/no margin, when prompt.answerable_check ran it
 
     @property
     def citations(self) -> list[Citation]:
@@ -168,14 +173,39 @@ class RagPipeline:
             return params
         return replace(params, stop=tuple(self.settings.prompt.stop))
 
-    async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
+    async def _declined(self, prepared: Prepared, params: GenerationParams) -> Completion | None:
+        """prompt.answerable_check: the decline answer when the model judges that the passages do not state
+        the answer (service/answerable.py); None to answer. Only answers from passages in prose are checked."""
+        threshold = self.settings.prompt.answerable_check
+        if threshold is None or prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
+            return None
         started = time.perf_counter()
-        completion = await self.generator.generate(prepared.messages, self._answer_params(prepared, params))
+        top = await self.generator.first_token_logprobs(answerable.check_messages(prepared.messages), params.model)
+        prepared.answerable = round(answerable.yes_no_margin(top), 3)
+        prepared.timings_ms["answerable_check"] = (time.perf_counter() - started) * 1000
+        if prepared.answerable >= threshold:
+            return None
+        log.info("declined without answering: the model's yes/no margin %.3f is below prompt.answerable_check %g",
+                 prepared.answerable, threshold)
+        return Completion(self.settings.prompt.decline_answer, prepared.ledger.prompt_tokens, 0, "stop",
+                          params.model or self.generator.model_name)
+
+    async def complete(self, prepared: Prepared, params: GenerationParams) -> Completion:
+        completion = await self._declined(prepared, params)
+        started = time.perf_counter()
+        if completion is None:
+            completion = await self.generator.generate(prepared.messages, self._answer_params(prepared, params))
         self._finished(prepared, completion, started)
         return completion
 
     async def stream(self, prepared: Prepared, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        declined = await self._declined(prepared, params)
         started = time.perf_counter()
+        if declined is not None:
+            self._finished(prepared, declined, started)
+            yield StreamEvent(text=declined.text)
+            yield StreamEvent(done=True, completion=declined)
+            return
         async for event in self.generator.stream(prepared.messages, self._answer_params(prepared, params)):
             if event.done:
                 self._finished(prepared, event.completion, started)

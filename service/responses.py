@@ -62,6 +62,8 @@ class Ledger(BaseModel):
     retrieved: list[RetrievedEntry] | None = None
     packed: list[PackedEntry] | None = None
     dropped: list[DroppedEntry] | None = None
+    answerable: float | None = Field(None, description="The answerability check's log P(yes) - log P(no) when it ran "
+                                     "(setting prompt.answerable_check); below the setting, the answer is the decline.")
     warnings: list[str] = Field(default_factory=list, description="What may make this answer worse than it should be "
                                 "(an adapter trained over another version of the index).")
 
@@ -76,7 +78,7 @@ def ledger_of(prepared: Prepared, warnings: list[str] = ()) -> Ledger:
         base_tokens=ledger.base_tokens, budget=ledger.budget, prompt_tokens=ledger.prompt_tokens,
         join_tokens=ledger.join_tokens, demonstrations=ledger.demonstrations,
         demonstration_tokens=ledger.demonstration_tokens, retrieved=ledger.retrieved, packed=ledger.packed,
-        dropped=ledger.dropped,
+        dropped=ledger.dropped, answerable=prepared.answerable,
     )
 
 

@@ -219,6 +219,38 @@ def test_the_packers_count_is_vllms_own_prompt_tokens(vllm, squad_index, embedde
     assert max(counted for counted, _ in pairs) > 300  # RAG-sized prompts, not toy ones
 
 
+def test_the_answerability_check_judges_with_vllms_logprobs(vllm, squad_index, embedder):
+    """prompt.answerable_check on the vLLM backend: the judgement is vLLM's own first-token logprobs."""
+    from ragtune.settings import get_settings
+    from service.generation.base import GenerationParams
+    from service.generation.vllm import VllmGenerator
+    from service.pipeline import build_pipeline
+    from service.schema import RetrievalOptions
+
+    settings = get_settings(generation={"backend": "vllm", "vllm": {"urls": [f"{vllm.url}/v1"], "tokenizer": str(model_dir())}})
+    settings.index.dir = squad_index
+
+    async def run():
+        generator = VllmGenerator(settings.generation)
+        try:
+            top = await generator.first_token_logprobs([{"role": "user", "content": "Is Paris in France? Reply Yes or No."}], None)
+            out = {}
+            for threshold in (-50.0, 50.0):
+                settings.prompt.answerable_check = threshold
+                rag = build_pipeline(settings, embedder, generator)
+                prepared = rag.prepare("Who was the duke in the battle of Hastings?", [], RetrievalOptions(), 30)
+                out[threshold] = (await rag.complete(prepared, GenerationParams.defaults(settings.generation, max_tokens=30)), prepared)
+            return top, out
+        finally:
+            await generator.close()
+
+    top, out = asyncio.run(run())
+    assert len(top) == 20 and any(t.strip().lower() in ("yes", "no") for t, _ in top[:5])
+    (answered, judged), (declined, judged_too) = out[-50.0], out[50.0]
+    assert "William" in answered.text and declined.text == settings.prompt.decline_answer
+    assert isinstance(judged.answerable, float) and abs(judged.answerable - judged_too.answerable) < 0.05
+
+
 def test_the_adapter_lifecycle_on_real_vllm(service, vllm, registry, tmp_path):
     from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings

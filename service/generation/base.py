@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
+from ragtune.errors import BackendError
 
 STRUCTURED_FIELDS = ("response_format", "tools", "tool_choice")  # OpenAI fields whose answers are JSON, not prose
 
@@ -99,6 +100,10 @@ class Generator(TokenCounter, Protocol):
 
     async def ready(self) -> bool: ...
 
+    async def first_token_logprobs(self, messages: Messages, model: str | None, top: int = 20) -> list[tuple[str, float]]:
+        """The `top` likeliest first tokens of the reply, as (text, log probability): what the answerability
+        check (service/answerable.py) judges from."""
+
     def models(self) -> list[str]:
         """The base model's name, then every adapter a request may name."""
 
@@ -133,6 +138,18 @@ class Backend(abc.ABC):
 
     async def ready(self) -> bool:
         return True
+
+    async def first_token_logprobs(self, messages: Messages, model: str | None, top: int = 20) -> list[tuple[str, float]]:
+        """One greedy token with OpenAI's logprobs, from an engine that computes them (transformers) or passes
+        them through (vLLM)."""
+        params = GenerationParams(max_tokens=1, default_stop=False, model=model, extra={"logprobs": True, "top_logprobs": top})
+        completion = await self.generate(messages, params)
+        content = completion.logprobs
+        if content is None and completion.choices:
+            content = (completion.choices[0].get("logprobs") or {}).get("content")
+        if not content:
+            raise BackendError(f"the {type(self).__name__} backend returned no log probabilities for the answerability check")
+        return [(entry["token"], float(entry["logprob"])) for entry in content[0].get("top_logprobs") or [content[0]]]
 
     def models(self) -> list[str]:
         return [self.model_name]

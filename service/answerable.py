@@ -1,0 +1,40 @@
+"""The answerability check (prompt.answerable_check): before answering from passages, the model is asked
+whether the passages state the answer, and the answer is declined when its yes is not likely enough.
+
+The judgement is the first token of the model's reply to the same passages and question followed by
+ASK, under its own system prompt: log P(yes) - log P(no), summed over the spellings of each. One prefill,
+nothing generated; bench/answerability.py measures how well it separates answerable questions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from service.generation.base import Messages
+
+SYSTEM = "You check whether passages answer a question. Reply with Yes or No only."
+ASK = "\n\nDo the passages above state the answer to this question? Reply Yes or No."
+
+
+def check_messages(messages: Messages) -> Messages:
+    """The check's prompt: the answer prompt's last user turn (passages and question) and ASK."""
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": messages[-1]["content"] + ASK}]
+
+
+def yes_no_margin(top: list[tuple[str, float]]) -> float:
+    """log P(yes) - log P(no) from the first token's likeliest (text, logprob) pairs. A side not among
+    them counts as likely as the least likely one listed (an upper bound of its share)."""
+    if not top:
+        raise ValueError("no token log probabilities to judge from")
+    floor = min(logprob for _, logprob in top)
+
+    def mass(word: str) -> float:
+        found = [logprob for text, logprob in top if text.strip().lower() == word]
+        return _logsumexp(found) if found else floor
+
+    return mass("yes") - mass("no")
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
