@@ -17,7 +17,7 @@ LAYERS = {
     "kernel": ("ragtune",),
     "indexer": ("indexer",),
     "generation": ("service.generation",),
-    "core": ("service.schema", "service.retrieval", "service.packing", "service.fewshot", "service.pipeline"),
+    "core": ("service.schema", "service.retrieval", "service.packing", "service.fewshot", "service.answerable", "service.pipeline"),
     "http": ("service",),
     "finetune": ("finetune",),
     "evaluation": ("evaluation",),
