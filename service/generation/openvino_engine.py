@@ -83,7 +83,6 @@ class OpenVINOGenerator(LocalGenerator):
         self.model_dir = openvino_model_dir(settings)
         self._start(settings, AutoTokenizer.from_pretrained(converted_model_dir(settings)))
         self._pipes: dict[str | None, object] = {None: self._build(None)}  # None: the base model
-        self._judge = None  # the exported model compiled by OpenVINO itself, for logits (answerable_check)
 
     def _build(self, adapter_dir: Path | None):
         started = time.perf_counter()
@@ -136,28 +135,25 @@ class OpenVINOGenerator(LocalGenerator):
         return self._completion([int(t) for t in result.tokens[0]], len(ids), params)
 
     async def first_token_logprobs(self, messages: Messages, model: str | None, top: int = 20) -> list[tuple[str, float]]:
-        """OpenVINO GenAI's pipelines give no logits, so the exported model runs once through OpenVINO itself,
-        compiled on first use: the base model's judgement, whichever adapter the request names."""
-        return await self._submit(self._first_token_logprobs, messages, top)
+        """OpenVINO GenAI gives no logits, and greedy decoding no scores; a one-token beam search with `top` beams
+        returns the `top` likeliest first tokens with their log probabilities, from the request's own pipeline."""
+        return await self._submit(self._first_token_logprobs, messages, model, top)
 
-    def _first_token_logprobs(self, messages: Messages, top: int) -> list[tuple[str, float]]:
+    def _first_token_logprobs(self, messages: Messages, model: str | None, top: int) -> list[tuple[str, float]]:
         import numpy as np
+        import openvino
 
-        if self._judge is None:
-            import openvino
-
-            compiled = openvino.Core().compile_model(str(self.model_dir / "openvino_model.xml"), "CPU")
-            self._judge = compiled.create_infer_request(), {i.get_any_name() for i in compiled.inputs}
-        request, names = self._judge
+        pipe = self._pipes.get(model)
+        if pipe is None:
+            raise UnknownModel(f"model {model!r} is not loaded; GET /v1/models lists what is served")
+        config = self._og.GenerationConfig()
+        config.max_new_tokens, config.num_beams, config.num_return_sequences, config.do_sample = 1, top, top, False
         ids = self.tokens.prompt_ids(messages)
-        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-                "position_ids": np.arange(len(ids), dtype=np.int64)[None], "beam_idx": np.zeros(1, dtype=np.int32)}
-        request.reset_state()  # stateful: no cache from the call before
-        request.infer({k: v for k, v in feed.items() if k in names})
-        logits = request.get_tensor("logits").data[0, -1].astype(np.float64)
-        logp = logits - logits.max()
-        logp -= np.log(np.exp(logp).sum())
-        return [(self.tokenizer.decode([int(i)]), float(logp[i])) for i in np.argsort(-logp)[:top]]
+        inputs = self._og.TokenizedInputs(openvino.Tensor(np.array([ids], dtype=np.int64)),
+                                          openvino.Tensor(np.ones((1, len(ids)), dtype=np.int64)))
+        result = pipe.generate(inputs, config)
+        ranked = sorted(zip(result.tokens, result.scores), key=lambda pair: -pair[1])
+        return [(self.tokenizer.decode([int(tokens[0])]), float(score)) for tokens, score in ranked if len(tokens)]
 
     # -- adapters ---------------------------------------------------------------------------
     def _load(self, name: str, path: Path) -> None:
