@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ async def main() -> None:
 
     from evaluation.metrics import contains_gold, declines, token_f1
     from indexer.embedder import load_embedder
+    from evaluation.qa import balanced
     from ragtune.qa import read_qa
     from ragtune.settings import get_settings
     from service.generation import create_generator
@@ -46,9 +46,7 @@ async def main() -> None:
     settings = get_settings()
     settings.index.dir = args.index_dir
     items = read_qa(args.qa).items
-    rng = random.Random(args.seed)
-    sample = (rng.sample([i for i in items if i.answerable], args.answerable)
-              + rng.sample([i for i in items if not i.answerable], args.answerable // 2))
+    sample = balanced(items, args.answerable, args.answerable // 2, args.seed)
     embedder, generator = load_embedder(settings.embedding, settings.index), create_generator(settings.generation)
     await generator.ready()
     generation = settings.generation

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     from indexer.embedder import load_embedder
+    from evaluation.qa import balanced
     from ragtune.qa import read_qa
     from ragtune.settings import get_settings
     from service import answerable
@@ -61,9 +61,7 @@ async def main() -> None:
     settings = get_settings()
     settings.index.dir = args.index_dir
     items = read_qa(args.qa).items
-    rng = random.Random(args.seed)
-    sample = (rng.sample([i for i in items if i.answerable], args.per_class)
-              + rng.sample([i for i in items if not i.answerable], args.per_class))
+    sample = balanced(items, args.per_class, args.per_class, args.seed)
     embedder, generator = load_embedder(settings.embedding, settings.index), create_generator(settings.generation)
     pipeline = build_pipeline(settings, embedder, generator)
     print(f"{len(sample)} questions of {args.qa} ({args.per_class} answerable), model {generator.model_name}, "

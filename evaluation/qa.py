@@ -22,6 +22,13 @@ def select(items: list[QAItem], sample: int | None, limit: int | None, seed: int
     return items[:limit] if limit is not None else items
 
 
+def balanced(items: list[QAItem], answerable: int, unanswerable: int, seed: int) -> list[QAItem]:
+    """A seeded sample for tuning scripts: `answerable` answerable questions, then `unanswerable` others."""
+    rng = random.Random(seed)
+    return (rng.sample([i for i in items if i.answerable], answerable)
+            + rng.sample([i for i in items if not i.answerable], unanswerable))
+
+
 # -- SQuAD as a corpus and two halves -----------------------------------------------------
 @dataclass
 class SquadSplit:
