@@ -8,10 +8,16 @@ seeded sample of a QA set (use a training half), how well two signals separate t
    question? Reply Yes or No.", scored as log P(yes) - log P(no) of the reply's first token (one
    prefill, no answer generated).
 
+With --probe, a third: how much of the answer the model's own representation holds, whatever its
+reply. The check prompt's last hidden state at each layer (the configured model, run by transformers)
+feeds a logistic regression, scored by 5-fold cross-validation with the folds split by paragraph, so
+no paragraph is both fitted and scored. It estimates what fine-tuning a judge on this much data could
+reach; it is not a setting the service has.
+
 The model and backend are the configured ones. Prints figures; asserts nothing. Pick the setting's
 threshold from these rows on a training half; bench/RESULTS.md has a run.
 
-    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1]
+    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1] [--at T] [--probe]
 """
 
 from __future__ import annotations
@@ -33,10 +39,9 @@ def auc(scores: np.ndarray, answerable: np.ndarray) -> float:
     return float(np.mean(a[:, None] > u[None, :]) + 0.5 * np.mean(a[:, None] == u[None, :]))
 
 
-def trade_off(name: str, scores: np.ndarray, answerable: np.ndarray) -> None:
+def trade_off(name: str, scores: np.ndarray, answerable: np.ndarray, at: tuple[float, ...] = ()) -> None:
     print(f"  {name}: AUC {auc(scores, answerable):.3f}")
-    for q in (0.2, 0.3, 0.4, 0.5):
-        t = float(np.quantile(scores, q))
+    for t in sorted([float(np.quantile(scores, q)) for q in (0.2, 0.3, 0.4, 0.5)] + list(at)):
         print(f"    decline below {t:7.3f}: declines {np.mean(scores[~answerable] < t):.0%} of unanswerable, "
               f"{np.mean(scores[answerable] < t):.0%} of answerable")
 
@@ -47,6 +52,9 @@ async def main() -> None:
     parser.add_argument("--index-dir", type=Path, required=True)
     parser.add_argument("--per-class", type=int, default=40, help="answerable questions, and as many unanswerable")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--at", type=float, action="append", default=[],
+                        help="also show the judgement's rates at this threshold (repeatable)")
+    parser.add_argument("--probe", action="store_true", help="also fit a linear probe on the model's hidden states")
     args = parser.parse_args()
 
     from indexer.embedder import load_embedder
@@ -66,18 +74,56 @@ async def main() -> None:
     pipeline = build_pipeline(settings, embedder, generator)
     print(f"{len(sample)} questions of {args.qa} ({args.per_class} answerable), model {generator.model_name}, "
           f"engine {getattr(generator, 'engine', settings.generation.backend)}")
-    retrieval, judged, seconds = [], [], []
+    retrieval, judged, seconds, checks = [], [], [], []
     for item in sample:
         prepared = await pipeline.prepare_async(item.question, [], RetrievalOptions(), 48)
+        checks.append(answerable.check_messages(prepared.messages))
         retrieval.append(max((p.score for p in prepared.passages), default=0.0))
         started = time.perf_counter()
-        top = await generator.first_token_logprobs(answerable.check_messages(prepared.messages), None)
+        top = await generator.first_token_logprobs(checks[-1], None)
         judged.append(answerable.yes_no_margin(top))
         seconds.append(time.perf_counter() - started)
-    answerable = np.array([i.answerable for i in sample])
-    trade_off("retrieval, best passage's score", np.array(retrieval), answerable)
-    trade_off(f"the model's yes/no judgement ({np.median(seconds):.2f} s per question, p50)", np.array(judged), answerable)
+    is_answerable = np.array([i.answerable for i in sample])
+    trade_off("retrieval, best passage's score", np.array(retrieval), is_answerable)
+    trade_off(f"the model's yes/no judgement ({np.median(seconds):.2f} s per question, p50)", np.array(judged), is_answerable,
+              tuple(args.at))
     await generator.close()
+    if args.probe:
+        probe(settings, checks, is_answerable, [item.doc_id or item.id for item in sample])
+
+
+def probe(settings, checks: list, answerable: np.ndarray, groups: list[str]) -> None:
+    import torch
+    from sklearn.linear_model import LogisticRegression  # a dependency of sentence-transformers
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from service.generation.model_files import converted_model_dir
+
+    path = converted_model_dir(settings.generation)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    states = []
+    with torch.inference_mode():
+        for messages in checks:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+            hidden = model(ids, output_hidden_states=True).hidden_states  # embeddings, then each layer
+            states.append(torch.stack([h[0, -1] for h in hidden]).float().numpy())
+    x = np.stack(states)
+    folds = GroupKFold(n_splits=5)
+    aucs = []
+    for layer in range(1, x.shape[1]):
+        fit = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+        scores = cross_val_predict(fit, x[:, layer], answerable, cv=folds, groups=groups, method="predict_proba")[:, 1]
+        aucs.append((auc(scores, answerable), layer, scores))
+    print(f"  linear probe, {len(set(groups))} paragraphs in 5 folds: AUC by layer "
+          + " ".join(f"{layer}:{value:.2f}" for value, layer, _ in aucs))
+    value, layer, scores = max(aucs, key=lambda row: row[0])
+    trade_off(f"the best layer's probe (layer {layer} of {x.shape[1] - 1}; chosen on the same folds, so optimistic)",
+              scores, answerable)
 
 
 if __name__ == "__main__":
