@@ -17,7 +17,7 @@ reach; it is not a setting the service has.
 The model and backend are the configured ones. Prints figures; asserts nothing. Pick the setting's
 threshold from these rows on a training half; bench/RESULTS.md has a run.
 
-    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1] [--at T] [--probe]
+    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1] [--model ADAPTER] [--at T] [--probe]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ async def main() -> None:
     parser.add_argument("--index-dir", type=Path, required=True)
     parser.add_argument("--per-class", type=int, default=40, help="answerable questions, and as many unanswerable")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", help="judge with this adapter of the registry (RAGTUNE_ADAPTERS__DIR) instead of the base model")
     parser.add_argument("--at", type=float, action="append", default=[],
                         help="also show the judgement's rates at this threshold (repeatable)")
     parser.add_argument("--probe", action="store_true", help="also fit a linear probe on the model's hidden states")
@@ -72,7 +73,13 @@ async def main() -> None:
     sample = balanced(items, args.per_class, args.per_class, args.seed)
     embedder, generator = load_embedder(settings.embedding, settings.index), create_generator(settings.generation)
     pipeline = build_pipeline(settings, embedder, generator)
-    print(f"{len(sample)} questions of {args.qa} ({args.per_class} answerable), model {generator.model_name}, "
+    if args.model:
+        from ragtune.registry import Registry
+
+        registry = Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
+        await generator.sync_adapters({args.model: registry.get(args.model).path})
+    print(f"{len(sample)} questions of {args.qa} ({args.per_class} answerable), model {generator.model_name}"
+          f"{' with adapter ' + args.model if args.model else ''}, "
           f"engine {getattr(generator, 'engine', settings.generation.backend)}")
     retrieval, judged, seconds, checks = [], [], [], []
     for item in sample:
@@ -80,7 +87,7 @@ async def main() -> None:
         checks.append(answerable.check_messages(prepared.messages))
         retrieval.append(max((p.score for p in prepared.passages), default=0.0))
         started = time.perf_counter()
-        top = await generator.first_token_logprobs(checks[-1], None)
+        top = await generator.first_token_logprobs(checks[-1], args.model)
         judged.append(answerable.yes_no_margin(top))
         seconds.append(time.perf_counter() - started)
     is_answerable = np.array([i.answerable for i in sample])

@@ -157,6 +157,7 @@ class InProcess:
         self.settings, self.request = settings, request
         self.adapters: dict[str, str] = {}  # name -> registry version evaluated
         self.warnings: list[str] = []  # adapters trained over another index version (lineage)
+        self._wanted: dict = {}  # name -> registry entry, for the adapters this run loads
         self._loaded = False
         self.embedder = load_embedder(settings.embedding, settings.index)
         self.generator = create_generator(settings.generation)
@@ -181,7 +182,11 @@ class InProcess:
             raise EvalError(f"the {self.settings.generation.backend} generation backend is not ready; see the log above")
         if any(s.fewshot for s in strategies) and self.pipeline.demonstrations is None:
             raise UsageError("the few-shot strategy needs demonstrations: pass --demonstrations FILE (QA JSONL)")
-        wanted = sorted({s.adapter for s in strategies if s.adapter})
+        wanted = {s.adapter for s in strategies if s.adapter}
+        prompt = self.settings.prompt
+        if prompt.answerable_check is not None and prompt.answerable_check_model:
+            wanted.add(prompt.answerable_check_model)  # the judge of every strategy's check
+        wanted = sorted(wanted - {self.generator.model_name})
         if wanted:
             from ragtune.registry import Registry
 
@@ -195,7 +200,7 @@ class InProcess:
             self.warnings = [w for info in self._wanted.values() if (w := lineage_warning(info, current))]
 
     async def use(self, strategy: Strategy) -> None:
-        if not strategy.adapter or self._loaded:
+        if not self._wanted or self._loaded:
             return
         # Published adapters stay loaded (a shared vLLM keeps serving them); the ones under
         # evaluation are loaded whether published or not: evaluate first, publish after.

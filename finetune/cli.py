@@ -43,6 +43,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="JSONL examples: chat messages, prompt/completion, instruction/output, or question/answer.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Adapter name (letters, digits, . _ -); what requests put in `model`.")],
     with_retrieval: Annotated[bool, typer.Option("--with-retrieval", help="Prompt QA pairs exactly as /ask would, with passages from the index.")] = False,
+    judge: Annotated[bool, typer.Option("--judge", help="With --with-retrieval: train the answerability check's judge (reply Yes when the passages hold the answer, else No); serve it with RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL.")] = False,
     publish: Annotated[Optional[bool], typer.Option("--publish/--no-publish", help="Publish when done [default: keep the adapter's current state; new ones are not published].")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier run of this name instead of resuming it.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [default: setting finetune.max_steps, else epochs].")] = None,
@@ -61,6 +62,8 @@ def train(
     if not data.is_file():  # said before the model loads
         raise UsageError(f"training data {data} does not exist (expected a JSONL file)")
     check_name(name)
+    if judge and not with_retrieval:
+        raise UsageError("--judge learns from the passages the service retrieves: add --with-retrieval")
     settings = _settings(index_dir, adapters_dir)
     if with_retrieval:
         from indexer.store import committed_version_dir
@@ -71,7 +74,7 @@ def train(
     settings.finetune = settings.finetune.model_validate(
         {**settings.finetune.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )
-    report = Trainer(settings).run(data, name, retrieval=with_retrieval, restart=restart, publish=publish)
+    report = Trainer(settings).run(data, name, retrieval=with_retrieval, restart=restart, publish=publish, judge=judge)
     for skipped in report.skipped_lines[:20]:
         err.print(f"[yellow]skipped[/] {data}:{skipped['line']}: {skipped['reason']}")
     if len(report.skipped_lines) > 20:
@@ -84,7 +87,7 @@ def train(
     if after is not None:
         out.print(f"validation loss {before:.3f} -> {after:.3f} ({report.validation_examples} held-out examples)")
     if report.retrieval:
-        out.print(f"retrieval-aware targets: {report.retrieval}")
+        out.print(f"{'judge' if judge else 'retrieval-aware'} targets: {report.retrieval}")
     adapter = report.adapter
     out.print(f"adapter {adapter.name} version {adapter.version} at {adapter.path} "
               f"({'published' if adapter.published else 'not published: ragtune adapters load ' + adapter.name})")

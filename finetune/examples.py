@@ -3,6 +3,8 @@
 Retrieval-aware examples (`--with-retrieval`) get their prompt from the service's own
 pipeline (service/pipeline.py: the same retriever, packer, templates and passage
 numbering as `/ask`), so the adapter learns the very format it will be served with.
+Judge examples (`--judge`) put the same passages and question in the answerability check's
+prompt (service/answerable.py), and the target is its reply: Yes when the answer is in them.
 """
 
 from __future__ import annotations
@@ -56,15 +58,25 @@ class RetrievalReport:
     cited: int = 0  # the answer was found in a packed passage, and the target cites it
     uncited: int = 0  # answerable, but not found in any packed passage: the target is the plain answer
     declined: int = 0  # unanswerable: the target is the decline answer
+    yes: int = 0  # judge examples: the packed passages hold the answer
+    no: int = 0  # judge examples: unanswerable, or the answer is in no packed passage
+
+    def as_dict(self, judge: bool = False) -> dict:
+        if judge:
+            return {"judge": {"yes": self.yes, "no": self.no}}
+        return {"cited": self.cited, "uncited": self.uncited, "declined": self.declined}
 
 
 def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def with_retrieval(examples: list[Example], settings, embedder, tokens: ChatTokens) -> tuple[list[Example], RetrievalReport]:
+def with_retrieval(examples: list[Example], settings, embedder, tokens: ChatTokens,
+                   judge: bool = False) -> tuple[list[Example], RetrievalReport]:
     """QA pairs re-prompted exactly as /ask would (other shapes pass through unchanged). The
-    target cites the passage that holds the answer, as the system prompt asks: "answer [n]"."""
+    target cites the passage that holds the answer, as the system prompt asks: "answer [n]".
+    judge: the check's prompt on the same passages instead, and the target Yes or No."""
+    from service import answerable
     from service.pipeline import build_pipeline
 
     window = min(settings.generation.context_window, settings.finetune.max_seq_length)
@@ -79,9 +91,14 @@ def with_retrieval(examples: list[Example], settings, embedder, tokens: ChatToke
         prepared = pipeline.prepare(example.question, [], None, answer_tokens)
         report.index_versions.add(prepared.index_version)
         answer = example.answer
+        holder = next((p for p in sorted(prepared.passages, key=lambda p: p.number)
+                       if _normalize(example.answer) in _normalize(p.text)), None) if example.answerable else None
+        if judge:
+            report.yes, report.no = report.yes + (holder is not None), report.no + (holder is None)
+            reply = {"role": "assistant", "content": answerable.JUDGE_YES if holder is not None else answerable.JUDGE_NO}
+            out.append(replace(example, messages=(*answerable.check_messages(prepared.messages), reply)))
+            continue
         if example.answerable:
-            holder = next((p for p in sorted(prepared.passages, key=lambda p: p.number)
-                           if _normalize(example.answer) in _normalize(p.text)), None)
             if holder is not None:
                 answer = f"{example.answer} [{holder.number}]"
                 report.cited += 1

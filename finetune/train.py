@@ -97,10 +97,10 @@ class Trainer:
         )
 
     # -- data -------------------------------------------------------------------------
-    def sequences(self, data: TrainingData, tokens, retrieval: bool, embedder=None):
+    def sequences(self, data: TrainingData, tokens, retrieval: bool, embedder=None, judge: bool = False):
         examples, report = data.examples, None
         if retrieval:
-            examples, report = with_retrieval(examples, self.settings, embedder, tokens)
+            examples, report = with_retrieval(examples, self.settings, embedder, tokens, judge)
         sequences, skipped = [], [{"line": b.line, "reason": b.reason} for b in data.bad]
         for example in examples:
             sequence = encode(tokens, list(example.messages), example.line)
@@ -116,7 +116,8 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------
     def run(self, data_path: Path, name: str, *, retrieval: bool = False, restart: bool = False,
-            publish: bool | None = None, embedder=None, progress: bool = True) -> TrainReport:
+            publish: bool | None = None, embedder=None, progress: bool = True, judge: bool = False) -> TrainReport:
+        """judge: train the answerability check's judge (QA pairs with retrieval; finetune/examples.py)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -135,7 +136,9 @@ class Trainer:
             from indexer.embedder import load_embedder
 
             embedder = load_embedder(self.settings.embedding, self.settings.index)
-        sequences, skipped, retrieval_report = self.sequences(data, tokens, retrieval, embedder)
+        if judge and not retrieval:
+            raise UsageError("a judge learns from the passages the service retrieves: use --judge with --with-retrieval")
+        sequences, skipped, retrieval_report = self.sequences(data, tokens, retrieval, embedder, judge)
         train_set, validation_set = _split(sequences, self.config.validation_fraction, self.config.seed)
 
         identity = {
@@ -143,6 +146,8 @@ class Trainer:
             "index_versions": sorted(retrieval_report.index_versions) if retrieval_report else None,
             "finetune": self.config.model_dump(mode="json"), "prompt": self.settings.prompt.model_dump(mode="json"),
         }
+        if judge:  # only then, so that runs from before the option keep their fingerprint
+            identity["judge"] = True
         run_dir = self._run_dir(name, identity, restart)
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,8 +217,7 @@ class Trainer:
             train_loss=sum(recent) / len(recent) if recent else None,
             validation_loss_before=validation_before, validation_loss=validation,
             tokens_per_second=state["tokens"] / max(state["seconds"], 1e-9), seconds=time.perf_counter() - started,
-            retrieval={"cited": retrieval_report.cited, "uncited": retrieval_report.uncited,
-                       "declined": retrieval_report.declined} if retrieval_report else None,
+            retrieval=retrieval_report.as_dict(judge) if retrieval_report else None,
             loss_curve=[round(x, 4) for x in state["losses"]],
         )
         adapter_dir = self._save_adapter(run_dir, model, report, identity, data)

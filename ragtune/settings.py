@@ -176,6 +176,11 @@ class PromptSettings(BaseModel):
         "Unset: off, the default, as the default model's judgement is chance; bench/answerability.py measures "
         "a model's and picks the threshold on a training set (README, Declining).",
     )
+    answerable_check_model: str | None = Field(
+        None,
+        description="The adapter that makes the answerability check, whatever model the request names: a judge "
+        "trained with `ragtune finetune train --judge` (README, Declining). Unset: the request's own model.",
+    )
 
 
 class FewShotSettings(BaseModel):

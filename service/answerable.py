@@ -14,6 +14,7 @@ from service.generation.base import Messages
 
 SYSTEM = "You check whether passages answer a question. Reply with Yes or No only."
 ASK = "\n\nDo the passages above state the answer to this question? Reply Yes or No."
+JUDGE_YES, JUDGE_NO = "Yes", "No"  # a judge adapter's targets (ragtune finetune train --judge)
 
 
 def check_messages(messages: Messages) -> Messages:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
-from ragtune.errors import ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
+from ragtune.errors import BackendUnavailable, ContextLengthExceeded, RagtuneError, UnknownModel, UsageError
 from ragtune.settings import Settings
 from service import answerable
 from service.generation.base import STRUCTURED_FIELDS, Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
@@ -179,8 +179,17 @@ class RagPipeline:
         threshold = self.settings.prompt.answerable_check
         if threshold is None or prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
             return None
+        judge = self.settings.prompt.answerable_check_model or params.model
+        if judge == self.generator.model_name:
+            judge = None
         started = time.perf_counter()
-        top = await self.generator.first_token_logprobs(answerable.check_messages(prepared.messages), params.model)
+        try:
+            top = await self.generator.first_token_logprobs(answerable.check_messages(prepared.messages), judge)
+        except UnknownModel:
+            if judge == params.model:
+                raise
+            raise BackendUnavailable(f"prompt.answerable_check_model {judge!r} is not served: publish it "
+                                     f"(`ragtune adapters load {judge}`), or unset the setting") from None
         prepared.answerable = round(answerable.yes_no_margin(top), 3)
         prepared.timings_ms["answerable_check"] = (time.perf_counter() - started) * 1000
         if prepared.answerable >= threshold:

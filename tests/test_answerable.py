@@ -2,7 +2,8 @@
 whether they state the answer, and below the threshold the answer is the decline. For real: the
 embedded model on both local engines in process, and a served check over HTTP (/ask, its stream, and
 the chat endpoint with retrieval). The real-vLLM side is in test_real_vllm.py. Whether a model's
-judgement is worth a threshold is measured by bench/answerability.py, not here: SmolLM2's is chance."""
+judgement is worth a threshold is measured by bench/answerability.py, not here: SmolLM2's is chance.
+prompt.answerable_check_model hands the judgement to an adapter (a judge trained with --judge)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,45 @@ def test_a_served_check_declines_over_http_and_leaves_json_answers_alone(squad_i
             "response_format": {"type": "json_schema", "json_schema": {"name": "duke", "schema": schema}}})
         assert structured.status_code == 200
         assert "duke" in json.loads(structured.json()["choices"][0]["message"]["content"])  # JSON is not judged
+
+
+@pytest.mark.slow
+def test_the_check_model_setting_hands_the_judgement_to_that_adapter(squad_index, pirate_registry):
+    """Whatever model the request names, the margin is the named adapter's (a real trained adapter,
+    here the pirate, whose replies are nothing like the base model's); one not served is a 503."""
+    from indexer.embedder import load_embedder
+    from ragtune.errors import BackendUnavailable
+    from ragtune.registry import Registry
+    from ragtune.settings import get_settings
+    from service import answerable
+    from service.generation import create_generator
+    from service.generation.base import GenerationParams
+    from service.pipeline import build_pipeline
+    from service.schema import RetrievalOptions
+
+    settings = get_settings(generation={"engine": "transformers"})
+    settings.index.dir, settings.adapters.dir = squad_index, pirate_registry
+    settings.prompt.answerable_check, settings.prompt.answerable_check_model = -50.0, "pirate"
+    pirate = Registry(settings.adapters, settings.generation.model).get("pirate").path
+
+    async def run():
+        generator = create_generator(settings.generation)
+        try:
+            await generator.sync_adapters({"pirate": pirate})
+            rag = build_pipeline(settings, load_embedder(settings.embedding, settings.index), generator)
+            params = GenerationParams.defaults(settings.generation, max_tokens=20)
+            prepared = rag.prepare(QUESTION, [], RetrievalOptions(), 20)
+            check = answerable.check_messages(prepared.messages)
+            by_pirate = answerable.yes_no_margin(await generator.first_token_logprobs(check, "pirate"))
+            by_base = answerable.yes_no_margin(await generator.first_token_logprobs(check, None))
+            answer = await rag.complete(prepared, params)  # a base-model request, judged by the pirate
+            settings.prompt.answerable_check_model = "nobody"
+            with pytest.raises(BackendUnavailable, match="answerable_check_model 'nobody' is not served"):
+                await rag.complete(rag.prepare(QUESTION, [], RetrievalOptions(), 20), params)
+            return prepared.answerable, by_pirate, by_base, answer
+        finally:
+            await generator.close()
+
+    judged, by_pirate, by_base, answer = asyncio.run(run())
+    assert judged == pytest.approx(by_pirate, abs=1e-3) and abs(by_pirate - by_base) > 0.1
+    assert "William" in answer.text and answer.model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # answered by the base

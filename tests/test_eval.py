@@ -215,6 +215,23 @@ def test_eval_reports_every_strategy_with_metrics_that_match_the_answers(in_proc
 
 
 @pytest.mark.slow
+def test_eval_loads_the_check_model_no_strategy_names(tmp_path, squad_slice, squad_index, pirate_registry):
+    """With prompt.answerable_check_model set, every strategy's check is that adapter's: the run loads it
+    (it is no strategy's model) and its setup says so. Threshold 50: every answer from passages declines."""
+    done = run_ragtune(
+        "eval", "run", str(squad_slice), "--index-dir", str(squad_index), "--adapters-dir", str(pirate_registry),
+        "-s", "rag", "--max-tokens", "24", "--out", str(tmp_path / "out"), timeout=900,
+        RAGTUNE_PROMPT__ANSWERABLE_CHECK="50", RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL="pirate",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["setup"]["answerable_check"] == 50 and report["setup"]["answerable_check_model"] == "pirate"
+    assert list(report["setup"]["adapters"]) == ["pirate"]
+    answers = [row["results"]["rag"]["answer"] for row in report["questions"]]
+    assert len(answers) == len(SLICE_QUESTIONS) and set(answers) == {DECLINE}
+
+
+@pytest.mark.slow
 def test_eval_against_a_running_service_gives_the_same_answers(tmp_path, squad_slice, squad_index, in_process_report):
     port = free_port()
     with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, tmp_path / "serve.log") as server:

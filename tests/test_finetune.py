@@ -223,3 +223,45 @@ def test_retrieval_aware_examples_are_the_prompts_ask_sends(tmp_path, squad, squ
             holder = next(p for p in prepared.passages if p.number == number)
             assert qa["answers"][0]["text"].lower() in holder.text.lower()
     assert report.cited >= 2 and report.index_versions == {served.retriever.snapshot().version_id}
+
+
+def test_judge_examples_put_the_served_passages_in_the_checks_prompt(tmp_path, squad, squad_index, embedder):
+    """--judge: the answerability check's prompt on the passages /ask would send, and the target Yes
+    exactly when a packed passage holds the answer (an unanswerable question: No)."""
+    from finetune.data import Example
+    from finetune.examples import with_retrieval
+    from ragtune.settings import get_settings
+    from service import answerable
+    from service.generation.local import LocalGenerator
+    from service.pipeline import build_pipeline
+
+    settings = get_settings()
+    settings.index.dir = squad_index
+    qas = [qa for p in squad["data"][0]["paragraphs"][:4] for qa in p["qas"]]
+    picked = [qa for qa in qas if qa["answers"]][:2] + [qa for qa in qas if not qa["answers"]][:2]
+    examples = [
+        Example(({"role": "user", "content": qa["question"]}, {"role": "assistant", "content": "x"}), i, "qa",
+                question=qa["question"], answer=qa["answers"][0]["text"] if qa["answers"] else "x",
+                answerable=bool(qa["answers"]))
+        for i, qa in enumerate(picked, start=1)
+    ]
+    generator = LocalGenerator(settings.generation)
+    built, report = with_retrieval(examples, settings, embedder, generator.tokens, judge=True)
+    served = build_pipeline(settings, embedder, generator)
+    for example, qa in zip(built, picked):
+        prepared = served.prepare(qa["question"], [], None, settings.generation.max_answer_tokens)
+        assert list(example.messages[:-1]) == answerable.check_messages(prepared.messages)
+        held = bool(qa["answers"]) and any(qa["answers"][0]["text"].lower() in p.text.lower() for p in prepared.passages)
+        assert example.messages[-1] == {"role": "assistant", "content": "Yes" if held else "No"}
+    assert [e.messages[-1]["content"] for e in built[2:]] == ["No", "No"]
+    assert report.yes + report.no == 4 and report.yes >= 1
+    assert report.as_dict(judge=True) == {"judge": {"yes": report.yes, "no": report.no}}
+
+
+def test_judge_without_retrieval_is_refused_before_anything_loads(tmp_path, pirate_data):
+    from tests.helpers import run_ragtune
+
+    done = run_ragtune("finetune", "train", str(pirate_data), "--name", "j", "--judge",
+                       "--adapters-dir", str(tmp_path / "reg"), timeout=120)
+    assert done.returncode != 0 and "--with-retrieval" in done.stderr
+    assert not (tmp_path / "reg" / ".runs").exists()
