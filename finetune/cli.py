@@ -62,8 +62,6 @@ def train(
     if not data.is_file():  # said before the model loads
         raise UsageError(f"training data {data} does not exist (expected a JSONL file)")
     check_name(name)
-    if judge and not with_retrieval:
-        raise UsageError("--judge learns from the passages the service retrieves: add --with-retrieval")
     settings = _settings(index_dir, adapters_dir)
     if with_retrieval:
         from indexer.store import committed_version_dir

@@ -118,6 +118,8 @@ class Trainer:
     def run(self, data_path: Path, name: str, *, retrieval: bool = False, restart: bool = False,
             publish: bool | None = None, embedder=None, progress: bool = True, judge: bool = False) -> TrainReport:
         """judge: train the answerability check's judge (QA pairs with retrieval; finetune/examples.py)."""
+        if judge and not retrieval:  # said before anything loads
+            raise UsageError("--judge learns from the passages the service retrieves: add --with-retrieval")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -136,8 +138,6 @@ class Trainer:
             from indexer.embedder import load_embedder
 
             embedder = load_embedder(self.settings.embedding, self.settings.index)
-        if judge and not retrieval:
-            raise UsageError("a judge learns from the passages the service retrieves: use --judge with --with-retrieval")
         sequences, skipped, retrieval_report = self.sequences(data, tokens, retrieval, embedder, judge)
         train_set, validation_set = _split(sequences, self.config.validation_fraction, self.config.seed)
 
