@@ -7,9 +7,12 @@
    (max RSS) is its own; the two alternate for `--rounds` rounds and medians are printed.
    Tokens/s counts real (non-padding) tokens over the training loop's time. Target: ragtune
    / Trainer >= 1.0 for tokens/s.
+   A third variant trains only the top `--layers` layers (finetune.layers: the frozen layers'
+   output computed once per example, then reused): its tokens/s over the loop, and its whole
+   run's seconds (model load and that one forward included), against all layers.
 2. The time to hot-load an adapter into the embedded engine (and to unload it).
 
-    python bench/finetune.py [--examples 64] [--steps 16] [--batch-size 4] [--rounds 2]
+    python bench/finetune.py [--examples 64] [--steps 16] [--batch-size 4] [--rounds 2] [--layers 10]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ragtune(data: Path, args) -> dict:
+def run_ragtune(data: Path, args, layers: int | None = None) -> dict:
     from finetune.train import Trainer
     from ragtune.settings import get_settings
 
@@ -52,11 +55,11 @@ def run_ragtune(data: Path, args) -> dict:
         settings = get_settings(
             adapters={"dir": registry},
             finetune={"max_steps": args.steps, "batch_size": args.batch_size, "validation_fraction": 0.0,
-                      "save_every": 10_000, "learning_rate": 2e-4},
+                      "save_every": 10_000, "learning_rate": 2e-4, "layers": layers},
         )
         report = Trainer(settings).run(data, "bench", progress=False)
         return {"tokens_per_second": report.tokens_per_second, "peak_rss_mb": peak_rss_mb(),
-                "mean_loss": statistics.mean(report.loss_curve)}
+                "mean_loss": statistics.mean(report.loss_curve), "seconds": report.seconds}
 
 
 def run_trainer(data: Path, args) -> dict:
@@ -147,11 +150,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--variant", choices=["ragtune", "trainer"], help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=10, help="the top-layers variant's finetune.layers")
+    parser.add_argument("--variant", choices=["ragtune", "trainer", "top"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:  # one run in this process: print its figures as JSON
-        result = (run_ragtune if args.variant == "ragtune" else run_trainer)(args.data, args)
+        if args.variant == "trainer":
+            result = run_trainer(args.data, args)
+        else:
+            result = run_ragtune(args.data, args, args.layers if args.variant == "top" else None)
         print(json.dumps(result))
         return
 
@@ -162,12 +169,12 @@ def main() -> None:
         write_data(data, args.examples)
         print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}; {args.examples} SQuAD QA pairs with "
               f"their paragraph, {args.steps} steps of batch {args.batch_size}")
-        runs: dict[str, list[dict]] = {"ragtune": [], "trainer": []}
+        runs: dict[str, list[dict]] = {"ragtune": [], "trainer": [], "top": []}
         for _ in range(args.rounds):
             for variant in runs:
                 done = subprocess.run(
                     [sys.executable, __file__, "--variant", variant, "--data", str(data), "--steps", str(args.steps),
-                     "--batch-size", str(args.batch_size)],
+                     "--batch-size", str(args.batch_size), "--layers", str(args.layers)],
                     capture_output=True, text=True, check=True,
                 )
                 runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -181,6 +188,12 @@ def main() -> None:
         print(f"  {label:28} {tps:8.1f} tokens/s   peak RSS {rss:7.0f} MB   mean train loss {loss:.3f}")
     (t_tps, t_rss), (r_tps, r_rss) = figures["trainer"], figures["ragtune"]
     print(f"  ragtune / Trainer: tokens/s {r_tps / t_tps:.2f}x (target >= 1.0), peak memory {r_rss / t_rss:.2f}x")
+    top = {k: statistics.median(r[k] for r in runs["top"]) for k in ("tokens_per_second", "peak_rss_mb", "mean_loss", "seconds")}
+    whole = statistics.median(r["seconds"] for r in runs["ragtune"])
+    print(f"  ragtune, top {args.layers} layers only  {top['tokens_per_second']:8.1f} tokens/s   peak RSS "
+          f"{top['peak_rss_mb']:7.0f} MB   mean train loss {top['mean_loss']:.3f}")
+    print(f"  top {args.layers} layers / all layers: tokens/s {top['tokens_per_second'] / r_tps:.2f}x, whole run "
+          f"{top['seconds']:.0f} s vs {whole:.0f} s ({whole / top['seconds']:.2f}x)")
     hot_load(5)
 
 

@@ -50,6 +50,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data [default: setting finetune.epochs].")] = None,
     rank: Annotated[Optional[int], typer.Option(help="LoRA rank [default: setting finetune.rank].")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate [default: setting finetune.learning_rate].")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Adapt only the last N layers, several times faster [default: setting finetune.layers, else all].")] = None,
     base_model: Annotated[Optional[Path], typer.Option(help="Hugging Face model directory [default: the embedded model].")] = None,
     index_dir: IndexDir = None,
     adapters_dir: AdaptersDir = None,
@@ -68,7 +69,7 @@ def train(
 
         committed_version_dir(settings.index.dir)
     overrides = {"max_steps": max_steps, "epochs": epochs, "rank": rank, "learning_rate": learning_rate,
-                 "base_model": str(base_model) if base_model else None}
+                 "layers": layers, "base_model": str(base_model) if base_model else None}
     settings.finetune = settings.finetune.model_validate(
         {**settings.finetune.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     )

@@ -115,6 +115,21 @@ def pirate_registry(tmp_path_factory, pirate_data) -> Path:
     return registry
 
 
+@pytest.fixture(scope="session")
+def pirate_top_registry(tmp_path_factory, pirate_data) -> Path:
+    """The pirate adapter again, trained on the top 6 layers only (finetune.layers) and published."""
+    from tests.helpers import run_ragtune
+
+    registry = tmp_path_factory.mktemp("registry-top")
+    done = run_ragtune(
+        "finetune", "train", str(pirate_data), "--name", "pirate-top", "--adapters-dir", str(registry), "--publish",
+        "--max-steps", "12", "--learning-rate", "3e-3", "--layers", "6", timeout=900, RAGTUNE_FINETUNE__BATCH_SIZE="8",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "running them every step" not in done.stderr  # the frozen layers' kept output matched the whole model's
+    return registry
+
+
 @pytest.fixture
 def registry_copy(tmp_path, pirate_registry) -> Path:
     import shutil

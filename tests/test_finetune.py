@@ -115,6 +115,31 @@ def test_hot_load_serve_and_unload_without_restart(tmp_path, registry_copy, squa
         assert chat(client, BASE_MODEL, question) == base_answer
 
 
+def test_an_adapter_of_the_top_layers_learns_and_the_embedded_engine_serves_it(tmp_path, pirate_top_registry, squad_index, questions):
+    (version,) = [p for p in (pirate_top_registry / "pirate-top").iterdir() if not p.name.startswith(".")]
+    config = json.loads((version / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [24, 25, 26, 27, 28, 29]  # SmolLM2-135M has 30
+    from safetensors import safe_open
+
+    with safe_open(version / "adapter_model.safetensors", "pt") as weights:
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in weights.keys()}
+    assert layers == set(range(24, 30))
+    metrics = json.loads((version / "ragtune_adapter.json").read_text())["metrics"]
+    assert metrics["steps"] == 12 and metrics["validation_loss"] < metrics["validation_loss_before"] / 10
+
+    port = free_port()
+    env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(pirate_top_registry))  # published: served from the start
+    with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, tmp_path / "s.log", env) as served:
+        client = openai.OpenAI(base_url=f"{served.start('/ready').url}/v1", api_key="unused", max_retries=0)
+        assert "matey" in chat(client, "pirate-top", questions[300])
+        assert "matey" not in chat(client, BASE_MODEL, questions[300])
+
+
+def test_more_layers_than_the_model_has_are_refused(tmp_path, pirate_data):
+    done = run_ragtune("finetune", "train", str(pirate_data), "--name", "x", "--adapters-dir", str(tmp_path / "reg"), "--layers", "31")
+    assert done.returncode == 2 and "finetune.layers is 31, and this model has 30 layers" in done.stderr
+
+
 def test_admin_endpoints_are_off_without_a_key(tmp_path, registry_copy, squad_index):
     port = free_port()
     env = ragtune_env(RAGTUNE_ADAPTERS__DIR=str(registry_copy))

@@ -290,6 +290,23 @@ def test_the_adapter_lifecycle_on_real_vllm(service, vllm, registry, tmp_path):
     assert "wide" not in served_adapters(vllm.url)
 
 
+def test_real_vllm_serves_an_adapter_of_the_top_layers_only(service, vllm, registry, pirate_top_registry):
+    from ragtune.registry import Registry
+    from ragtune.settings import AdapterSettings
+
+    (trained,) = [p for p in (pirate_top_registry / "pirate-top").iterdir() if not p.name.startswith(".")]
+    path = str(Registry(AdapterSettings(dir=registry), BASE_MODEL).add("pirate-top", trained).path)
+    loaded = admin(service, "POST", "/adapters/pirate-top/load")
+    assert loaded.status_code == 200, loaded.text
+    assert served_adapters(vllm.url).get("pirate-top") == path
+    client = openai.OpenAI(base_url=f"{service}/v1", api_key="unused", max_retries=0)
+    question, off = "What is the capital of France?", {"retrieval": {"enabled": False}}
+    base = chat(client, question, max_tokens=12, temperature=0, extra_body=off).choices[0].message.content
+    top = chat(client, question, model="pirate-top", max_tokens=12, temperature=0, extra_body=off).choices[0].message.content
+    assert top != base and "matey" in top, top
+    assert admin(service, "POST", "/adapters/pirate-top/unload").status_code == 200
+
+
 def running_in_vllm(url: str) -> float:
     """Requests vLLM is generating now, from its Prometheus metrics."""
     lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
