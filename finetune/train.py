@@ -367,7 +367,8 @@ class _Loop:
         except (ValueError, OSError):
             budget = 0
         if self.device != "cpu" or need > budget:
-            log.info("finetune.layers: the frozen layers run every step (their outputs need %d MiB)", need >> 20)
+            why = f"on {self.device}" if self.device != "cpu" else f"their outputs would need {need >> 20} MiB"
+            log.info("finetune.layers: the frozen layers run every step (%s)", why)
             return
         was_training = self.model.training
         self.model.eval()
