@@ -17,7 +17,7 @@ def loop_and_sequences(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune.examples import IGNORE, Sequence
-    from finetune.train import _Loop
+    from finetune.loop import Loop
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -30,7 +30,7 @@ def loop_and_sequences(seed: int = 0):
         ids = torch.randint(0, 97, (length,), generator=torch.Generator().manual_seed(n)).tolist()
         labels = [IGNORE] * (length - 3) + ids[-3:]
         sequences.append(Sequence(input_ids=ids, labels=labels, line=n + 1))
-    return _Loop(model, "cpu", 0), sequences
+    return Loop(model, "cpu", 0), sequences
 
 
 def step(loop, batch):
@@ -64,11 +64,11 @@ def test_outputs_that_would_not_fit_are_not_kept(monkeypatch):
 
 
 def test_kept_outputs_that_disagree_with_the_model_are_dropped(monkeypatch, caplog):
-    from finetune.train import _Loop
+    from finetune.loop import Loop
 
     loop, sequences = loop_and_sequences()
-    top = _Loop._top
-    monkeypatch.setattr(_Loop, "_top", lambda self, batch, mask: top(self, batch, mask) + 1.0)  # a model they do not fit
+    top = Loop._top
+    monkeypatch.setattr(Loop, "_top", lambda self, batch, mask: top(self, batch, mask) + 1.0)  # a model they do not fit
     loop.freeze_below(2, sequences, batch_size=2)
     assert loop.frozen == 0 and not loop.cache
     assert "running them every step" in caplog.text
