@@ -8,6 +8,9 @@ seeded sample of a QA set (use a training half), how well two signals separate t
    question? Reply Yes or No.", scored as log P(yes) - log P(no) of the reply's first token (one
    prefill, no answer generated).
 
+With --retrieval-weight W, both together as prompt.answerable_check_retrieval_weight adds them: the
+judgement plus W times the retrieval score. --save keeps each question's two scores (JSON lines).
+
 With --probe, a third: how much of the answer the model's own representation holds, whatever its
 reply. The check prompt's last hidden state at each layer (the configured model, run by transformers)
 feeds a logistic regression, scored by 5-fold cross-validation with the folds split by paragraph, so
@@ -17,17 +20,20 @@ reach; it is not a setting the service has.
 The model and backend are the configured ones. Prints figures; asserts nothing. Pick the setting's
 threshold from these rows on a training half; bench/RESULTS.md has a run.
 
-    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1] [--model ADAPTER] [--at T] [--probe]
+    python bench/answerability.py QA.jsonl --index-dir DIR [--per-class 40] [--seed 1] [--model ADAPTER] [--at T]
+        [--retrieval-weight W] [--save FILE] [--probe]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -54,8 +60,12 @@ async def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", help="judge with this adapter of the registry (RAGTUNE_ADAPTERS__DIR) instead of the base model")
     parser.add_argument("--at", type=float, action="append", default=[],
-                        help="also show the judgement's rates at this threshold (repeatable)")
+                        help="also show the judgement's rates (and each combination's) at this threshold (repeatable)")
+    parser.add_argument("--retrieval-weight", type=float, action="append", default=[],
+                        help="also show the judgement plus this weight times the retrieval score, as "
+                             "prompt.answerable_check_retrieval_weight combines them (repeatable)")
     parser.add_argument("--probe", action="store_true", help="also fit a linear probe on the model's hidden states")
+    parser.add_argument("--save", type=Path, help="write each question's scores here (JSON lines), to combine or plot them")
     args = parser.parse_args()
 
     from indexer.embedder import load_embedder
@@ -91,9 +101,16 @@ async def main() -> None:
         judged.append(answerable.yes_no_margin(top))
         seconds.append(time.perf_counter() - started)
     is_answerable = np.array([i.answerable for i in sample])
+    if args.save:
+        args.save.write_text("".join(json.dumps({"id": item.id, "doc_id": item.doc_id, "answerable": item.answerable,
+                                                  "retrieval": r, "judgement": j}) + "\n"
+                                     for item, r, j in zip(sample, retrieval, judged)))
     trade_off("retrieval, best passage's score", np.array(retrieval), is_answerable)
     trade_off(f"the model's yes/no judgement ({np.median(seconds):.2f} s per question, p50)", np.array(judged), is_answerable,
               tuple(args.at))
+    for weight in args.retrieval_weight:
+        combined = np.array([answerable.score(j, [SimpleNamespace(score=r)], weight) for j, r in zip(judged, retrieval)])
+        trade_off(f"the judgement + {weight:g} x retrieval", combined, is_answerable, tuple(args.at))
     await generator.close()
     if args.probe:
         probe(settings, checks, is_answerable, [item.doc_id or item.id for item in sample])

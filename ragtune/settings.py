@@ -172,9 +172,17 @@ class PromptSettings(BaseModel):
     answerable_check: float | None = Field(
         None,
         description="Before answering from passages, ask the model whether they state the answer (one prefill, "
-        "no answer generated) and give decline_answer when log P(yes) - log P(no) of its reply is below this. "
+        "no answer generated) and give decline_answer when log P(yes) - log P(no) of its reply (plus "
+        "answerable_check_retrieval_weight times the best passage's similarity) is below this. "
         "Unset: off, the default, as the default model's judgement is chance; bench/answerability.py measures "
         "a model's and picks the threshold on a training set (README, Declining).",
+    )
+    answerable_check_retrieval_weight: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="What the answerability check adds to the model's margin per unit of the best packed "
+        "passage's cosine similarity to the question (none packed: 0), so that retrieval's own evidence "
+        "counts too. 0: the model's margin alone. bench/answerability.py --retrieval-weight measures both "
+        "together and picks it with the threshold on a training set.",
     )
     answerable_check_model: str | None = Field(
         None,

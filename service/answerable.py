@@ -36,6 +36,12 @@ def yes_no_margin(top: list[tuple[str, float]]) -> float:
     return mass("yes") - mass("no")
 
 
+def score(margin: float, passages: list, retrieval_weight: float) -> float:
+    """What prompt.answerable_check compares: the model's margin plus retrieval_weight times the best
+    passage's similarity to the question (no passage: the margin alone)."""
+    return margin + retrieval_weight * max((p.score for p in passages), default=0.0)
+
+
 def _logsumexp(values: list[float]) -> float:
     top = max(values)
     return top + math.log(sum(math.exp(v - top) for v in values))

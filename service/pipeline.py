@@ -40,7 +40,7 @@ class Prepared:
     timings_ms: dict[str, float] = field(default_factory=dict)
     dropped_turns: int = 0  # oldest conversation messages left out to fit
     query_from: str = "question"  # how the search query was made (see RagPipeline.search_query)
-    answerable: float | None = None  # the answerability check's yes/no margin, when prompt.answerable_check ran it
+    answerable: float | None = None  # the answerability check's score (service/answerable.score), when it ran
 
     @property
     def citations(self) -> list[Citation]:
@@ -190,12 +190,14 @@ class RagPipeline:
                 raise
             raise BackendUnavailable(f"prompt.answerable_check_model {judge!r} is not served: publish it "
                                      f"(`ragtune adapters load {judge}`), or unset the setting") from None
-        prepared.answerable = round(answerable.yes_no_margin(top), 3)
+        weight = self.settings.prompt.answerable_check_retrieval_weight
+        prepared.answerable = round(answerable.score(answerable.yes_no_margin(top), prepared.passages, weight), 3)
         prepared.timings_ms["answerable_check"] = (time.perf_counter() - started) * 1000
         if prepared.answerable >= threshold:
             return None
-        log.info("declined without answering: the model's yes/no margin %.3f is below prompt.answerable_check %g",
-                 prepared.answerable, threshold)
+        log.info("declined without answering: the answerability score %.3f (yes/no margin%s) is below "
+                 "prompt.answerable_check %g", prepared.answerable,
+                 f" + {weight:g} x best passage similarity" if weight else "", threshold)
         return Completion(self.settings.prompt.decline_answer, prepared.ledger.prompt_tokens, 0, "stop",
                           params.model or self.generator.model_name)
 

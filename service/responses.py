@@ -62,8 +62,10 @@ class Ledger(BaseModel):
     retrieved: list[RetrievedEntry] | None = None
     packed: list[PackedEntry] | None = None
     dropped: list[DroppedEntry] | None = None
-    answerable: float | None = Field(None, description="The answerability check's log P(yes) - log P(no) when it ran "
-                                     "(setting prompt.answerable_check); below the setting, the answer is the decline.")
+    answerable: float | None = Field(None, description="The answerability check's score when it ran (setting "
+                                     "prompt.answerable_check): log P(yes) - log P(no), plus "
+                                     "prompt.answerable_check_retrieval_weight times the best passage's similarity; "
+                                     "below the setting, the answer is the decline.")
     warnings: list[str] = Field(default_factory=list, description="What may make this answer worse than it should be "
                                 "(an adapter trained over another version of the index).")
 

@@ -21,13 +21,18 @@ QUESTION = "Who was the duke in the battle of Hastings?"
 
 
 def test_the_margin_adds_up_the_spellings_and_floors_a_missing_side():
-    from service.answerable import check_messages, yes_no_margin
+    from types import SimpleNamespace
+
+    from service.answerable import check_messages, score, yes_no_margin
 
     top = [("Yes", math.log(0.5)), (" yes", math.log(0.2)), ("No", math.log(0.1)), ("The", math.log(0.05))]
     assert yes_no_margin(top) == pytest.approx(math.log(0.7) - math.log(0.1))
     assert yes_no_margin([("Yes", math.log(0.9)), ("Maybe", math.log(0.01))]) == pytest.approx(math.log(0.9) - math.log(0.01))
     with pytest.raises(ValueError):
         yes_no_margin([])
+    passages = [SimpleNamespace(score=0.4), SimpleNamespace(score=0.7)]
+    assert score(-1.0, passages, 2.0) == pytest.approx(0.4) and score(-1.0, passages, 0.0) == -1.0
+    assert score(-1.0, [], 2.0) == -1.0  # nothing packed: the margin alone
     asked = check_messages([{"role": "system", "content": "answer"}, {"role": "user", "content": "Passages: [1] x\n\nQuestion: q"}])
     assert [m["role"] for m in asked] == ["system", "user"] and "Yes or No" in asked[0]["content"]
     assert asked[1]["content"].startswith("Passages: [1] x\n\nQuestion: q") and asked[1]["content"].endswith("Reply Yes or No.")
@@ -64,6 +69,15 @@ def test_each_local_engine_judges_and_the_threshold_decides(engine, squad_index)
                 again = rag.prepare(QUESTION, [], RetrievalOptions(), 30)
                 streamed = "".join([e.text async for e in rag.stream(again, params) if not e.done])
                 results[threshold] = (answer, prepared, streamed, again)
+            # prompt.answerable_check_retrieval_weight: retrieval's evidence lifts a margin the model alone would
+            # decline at over the threshold (the threshold sits halfway up what the weight adds)
+            judged = results[-50.0][1]
+            best = max(p.score for p in judged.passages)
+            settings.prompt.answerable_check = judged.answerable + 5 * best
+            settings.prompt.answerable_check_retrieval_weight = 10.0
+            rag = build_pipeline(settings, embedder, generator)
+            weighted = rag.prepare(QUESTION, [], RetrievalOptions(), 30)
+            results["weighted"] = (await rag.complete(weighted, params), weighted, best, None)
         finally:
             await generator.close()
         return results
@@ -81,6 +95,9 @@ def test_each_local_engine_judges_and_the_threshold_decides(engine, squad_index)
     assert abs(judged.answerable - judged_again.answerable) < 0.05 and abs(judged.answerable - judged_low.answerable) < 0.05
     assert judged.timings_ms["answerable_check"] > 0
     assert declined.text == streamed_low == DECLINE and declined.completion_tokens == 0 and declined.finish_reason == "stop"
+    lifted, weighted, best, _ = results["weighted"]
+    assert 0.2 < best <= 1 and weighted.answerable == pytest.approx(judged.answerable + 10 * best, abs=0.05)
+    assert "William" in lifted.text and lifted.completion_tokens > 0
 
 
 @pytest.mark.slow
