@@ -86,8 +86,12 @@ def run_embedded(prompts, max_tokens: int, engine: str) -> tuple[list, list]:
     from service.generation import create_generator
     from service.generation.base import GenerationParams
 
-    kind, _, variant = engine.partition("-")
-    settings = GenerationSettings(dtype=variant) if kind == "transformers" else GenerationSettings(engine="openvino", openvino_weights=variant)
+    kind, _, variant = engine.partition("-")  # openvino-WEIGHTS[-PRECISION]: openvino-int8, openvino-int8-bf16
+    if kind == "transformers":
+        settings = GenerationSettings(dtype=variant)
+    else:
+        weights, _, precision = variant.partition("-")
+        settings = GenerationSettings(engine="openvino", openvino_weights=weights, openvino_precision=precision or "f32")
     generator = create_generator(settings)
     params = GenerationParams(max_tokens=max_tokens)
 
@@ -221,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--engines", default="transformers-float32,transformers-bfloat16,openvino-int8,openvino-fp16,vllm")
+    parser.add_argument("--engines", default="transformers-float32,transformers-bfloat16,openvino-int8,openvino-int8-bf16,openvino-fp16,vllm")
     parser.add_argument("--ort-python", help="python of a venv with onnxruntime-genai")
     parser.add_argument("--ort-model", action="append", default=[], help="a model built by onnxruntime_genai.models.builder (repeat)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # run one embedded engine here, print its figures as JSON

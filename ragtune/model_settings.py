@@ -68,6 +68,13 @@ class GenerationSettings(BaseModel):
     openvino_weights: Literal["int8", "fp16"] = Field(
         "int8", description="Weight format of the openvino engine's export (int8: fastest, answers as fp32's in our eval)."
     )
+    openvino_precision: Literal["auto", "f32", "bf16"] = Field(
+        "f32",
+        description="What the openvino engine computes in on a CPU (OpenVINO's INFERENCE_PRECISION_HINT; weights "
+        "stay openvino_weights). auto: OpenVINO's own pick, bf16 on a CPU with bf16 units, f32 elsewhere, so "
+        "answers differ between machines; bf16 also coarsens log probabilities (the answerability check's "
+        "margins) to steps of 0.25. bench/RESULTS.md has both.",
+    )
     openvino_exporter: str | None = Field(
         None, description="optimum-cli that exports the model for the openvino engine (default: .venv-openvino's)."
     )

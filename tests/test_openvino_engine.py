@@ -156,3 +156,33 @@ def test_auto_picks_openvino_only_where_it_can_run_and_says_why(tmp_path):
     exporter = tmp_path / "optimum-cli"
     exporter.write_text("")
     assert choose_engine(_unexported(tmp_path / "y", openvino_exporter=str(exporter)))[0] == "openvino"  # it would export
+
+
+@pytest.mark.slow
+def test_it_computes_in_the_precision_set_whatever_the_cpu():
+    """generation.openvino_precision: f32 (the default) gives fine-grained log probabilities on any CPU. Left to
+    OpenVINO (bf16 on a CPU with bf16 units) the gaps between the first token's log probabilities are
+    differences of bf16 logits, steps of 1/16 or coarser at their size: the answerability check's margins
+    bunched at multiples of 0.25 that way."""
+    import asyncio
+
+    import openvino
+
+    from ragtune.settings import GenerationSettings
+    from service.generation import create_generator
+
+    def gaps(precision: str) -> list[float]:
+        generator = create_generator(GenerationSettings(engine="openvino", openvino_precision=precision))
+        try:
+            top = asyncio.run(generator.first_token_logprobs(HASTINGS, None))
+        finally:
+            asyncio.run(generator.close())
+        assert len(top) == 20
+        return [a - b for (_, a), (_, b) in zip(top, top[1:])]
+
+    def on_bf16_lattice(gap: float) -> bool:
+        return abs(gap * 16 - round(gap * 16)) < 1e-3
+
+    assert sum(on_bf16_lattice(g) for g in gaps("f32")) < 5
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert all(on_bf16_lattice(g) for g in gaps("bf16"))
