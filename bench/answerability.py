@@ -41,8 +41,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def auc(scores: np.ndarray, answerable: np.ndarray) -> float:
-    a, u = scores[answerable], scores[~answerable]
-    return float(np.mean(a[:, None] > u[None, :]) + 0.5 * np.mean(a[:, None] == u[None, :]))
+    from evaluation.metrics import separation_auc  # what `ragtune eval` reports as the check's AUC
+
+    return separation_auc(scores[answerable].tolist(), scores[~answerable].tolist())
 
 
 def trade_off(name: str, scores: np.ndarray, answerable: np.ndarray, at: tuple[float, ...] = ()) -> None:

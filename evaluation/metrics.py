@@ -120,6 +120,7 @@ class Outcome:
     ranked_doc_ids: list[str] | None = None  # retrieval order, when the strategy retrieved
     gold_doc_ids: Collection[str] | None = None  # None: the question's gold document is unknown
     passages: dict[int, str] | None = None  # the prompt's passages by number (None: none, or not known)
+    answerable_score: float | None = None  # the answerability check's score (None: it did not run)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Summary:
     contains: float | None
     decline_rate: float | None  # on unanswerable questions: higher is better
     false_decline_rate: float | None  # on answerable questions: lower is better
+    answerable_auc: float | None  # the answerability check's scores: chance that an answerable question scores higher
     recall_at_k: float | None
     mrr: float | None
     cites: float | None  # answerable questions whose answer cites a passage of its prompt
@@ -152,6 +154,15 @@ def _mean(values: list[float]) -> float | None:
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0.0
+
+
+def separation_auc(answerable: Collection[float], unanswerable: Collection[float]) -> float | None:
+    """The chance that an answerable question scores higher than an unanswerable one (ties count half):
+    how well a score tells them apart, whatever threshold is set on it. None without both kinds."""
+    if not answerable or not unanswerable:
+        return None
+    wins = sum((a > u) + 0.5 * (a == u) for a in answerable for u in unanswerable)
+    return wins / (len(answerable) * len(unanswerable))
 
 
 def answer_score(o: Outcome, metric) -> float:
@@ -177,6 +188,8 @@ def summarize(outcomes: list[Outcome], k: int) -> Summary:
         contains=_mean([contains_gold(o.answer, o.golds) for o in answerable]),
         decline_rate=_mean([float(o.declined) for o in unanswerable]),
         false_decline_rate=_mean([float(o.declined) for o in answerable]),
+        answerable_auc=separation_auc([o.answerable_score for o in answerable if o.answerable_score is not None],
+                                      [o.answerable_score for o in unanswerable if o.answerable_score is not None]),
         recall_at_k=_mean([recall_at(o.ranked_doc_ids, o.gold_doc_ids, k) for o in retrieved]),
         mrr=_mean([reciprocal_rank(o.ranked_doc_ids, o.gold_doc_ids) for o in retrieved]),
         cites=_mean([float(bool(cited(o.answer) & set(o.passages))) for o in with_passages if o.answerable]),

@@ -22,6 +22,7 @@ METRICS = [
     ("contains", "Answer contains gold", True, True),
     ("decline_rate", "Declines when unanswerable", True, True),
     ("false_decline_rate", "Declines when answerable", False, True),
+    ("answerable_auc", "Answerability check AUC", True, False),
     ("recall_at_k", "Retrieval recall@k", True, True),
     ("mrr", "Retrieval MRR", True, False),
     ("cites", "Answer cites a passage", True, True),

@@ -76,6 +76,7 @@ class Answer:
     ranked_doc_ids: list[str] | None  # documents in retrieval order (None: nothing retrieved)
     index_version: str | None = None
     passages: dict[int, str] | None = None  # the prompt's passages by number (in process only)
+    answerable: float | None = None  # the answerability check's score, when prompt.answerable_check ran it
 
 
 class AnswerCache:
@@ -221,7 +222,7 @@ class InProcess:
         ranked = ranked_documents(prepared.ledger.retrieved) if prepared.ledger is not None else None
         passages = {p.number: p.text for p in prepared.passages} if prepared.ledger is not None else None
         return Answer(completion.text, completion.prompt_tokens, completion.completion_tokens,
-                      time.perf_counter() - started, ranked, prepared.index_version, passages)
+                      time.perf_counter() - started, ranked, prepared.index_version, passages, prepared.answerable)
 
     async def close(self) -> None:
         await self.generator.close()
@@ -273,7 +274,8 @@ class Remote:
         data = response.json()
         ranked = ranked_documents(data["ledger"].get("retrieved", [])) if strategy.retrieval else None
         return Answer(data["answer"], data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"],
-                      time.perf_counter() - started, ranked, data.get("index_version"))
+                      time.perf_counter() - started, ranked, data.get("index_version"),
+                      answerable=(data.get("ledger") or {}).get("answerable"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -335,13 +337,15 @@ async def evaluate(
                 row["gold_doc_ids"] = sorted(gold_ids)
             declined = declines(answer.text, decline_answer)
             outcome = Outcome(answer.text, list(item.answers), item.answerable, declined, answer.prompt_tokens,
-                              answer.completion_tokens, answer.seconds, answer.ranked_doc_ids, gold_ids, answer.passages)
+                              answer.completion_tokens, answer.seconds, answer.ranked_doc_ids, gold_ids, answer.passages,
+                              answer.answerable)
             outcomes[strategy.name].append(outcome)
             row["results"][strategy.name] = {
                 "answer": answer.text,
                 "exact_match": answer_score(outcome, exact_match),
                 "f1": round(answer_score(outcome, token_f1), 4),
                 "declined": declined,
+                "answerable_check": answer.answerable,
                 "prompt_tokens": answer.prompt_tokens,
                 "completion_tokens": answer.completion_tokens,
                 "ms": round(answer.seconds * 1000, 1),

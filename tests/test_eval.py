@@ -229,6 +229,15 @@ def test_eval_loads_the_check_model_no_strategy_names(tmp_path, squad_slice, squ
     assert list(report["setup"]["adapters"]) == ["pirate"]
     answers = [row["results"]["rag"]["answer"] for row in report["questions"]]
     assert len(answers) == len(SLICE_QUESTIONS) and set(answers) == {DECLINE}
+    # each answer keeps the check's score, and the report how well the scores told the two kinds apart
+    from evaluation.metrics import separation_auc
+
+    scores = {row["id"]: (row["results"]["rag"]["answerable_check"], row["answerable"]) for row in report["questions"]}
+    assert all(isinstance(score, float) and score < 50 for score, _ in scores.values())
+    assert {kind for _, kind in scores.values()} == {True, False}
+    assert report["strategies"]["rag"]["answerable_auc"] == pytest.approx(separation_auc(
+        [s for s, kind in scores.values() if kind], [s for s, kind in scores.values() if not kind]))
+    assert "Answerability check AUC" in done.stdout
 
 
 @pytest.mark.slow

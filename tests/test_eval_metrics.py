@@ -73,6 +73,21 @@ def test_summary_counts_declines_right_on_unanswerable_and_wrong_on_answerable()
     assert summary.latency_p50_ms == pytest.approx(300) and summary.latency_p95_ms == pytest.approx(400)
 
 
+def test_the_check_auc_is_the_chance_an_answerable_question_scores_higher():
+    from evaluation.metrics import separation_auc
+
+    assert separation_auc([2.0, 3.0], [0.0, 1.0]) == 1.0 and separation_auc([0.0], [1.0]) == 0.0
+    assert separation_auc([1.0, 3.0], [1.0, 2.0]) == pytest.approx((0.5 + 0 + 1 + 1) / 4)  # a tie counts half
+    assert separation_auc([1.0], []) is None
+
+    def outcome(answerable, score):
+        return Outcome("x", ["y"] if answerable else [], answerable, False, 100, 1, 1.0, answerable_score=score)
+
+    summary = summarize([outcome(True, 0.5), outcome(True, -1.0), outcome(False, 0.0), outcome(False, None)], k=2)
+    assert summary.answerable_auc == pytest.approx(0.5)  # an answer the check did not score is left out
+    assert summarize([outcome(True, None), outcome(False, None)], k=2).answerable_auc is None
+
+
 def test_citations_and_faithfulness():
     from evaluation.metrics import cited, citation_correct, faithfulness
 
