@@ -33,7 +33,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -96,7 +95,7 @@ async def main() -> None:
     for item in sample:
         prepared = await pipeline.prepare_async(item.question, [], RetrievalOptions(), 48)
         checks.append(answerable.check_messages(prepared.messages))
-        retrieval.append(max((p.score for p in prepared.passages), default=0.0))
+        retrieval.append(answerable.best_similarity(prepared.passages))
         started = time.perf_counter()
         top = await generator.first_token_logprobs(checks[-1], args.model)
         judged.append(answerable.yes_no_margin(top))
@@ -110,7 +109,7 @@ async def main() -> None:
     trade_off(f"the model's yes/no judgement ({np.median(seconds):.2f} s per question, p50)", np.array(judged), is_answerable,
               tuple(args.at))
     for weight in args.retrieval_weight:
-        combined = np.array([answerable.score(j, [SimpleNamespace(score=r)], weight) for j, r in zip(judged, retrieval)])
+        combined = np.array([answerable.score(j, r, weight) for j, r in zip(judged, retrieval)])
         trade_off(f"the judgement + {weight:g} x retrieval", combined, is_answerable, tuple(args.at))
     await generator.close()
     if args.probe:

@@ -36,10 +36,14 @@ def yes_no_margin(top: list[tuple[str, float]]) -> float:
     return mass("yes") - mass("no")
 
 
-def score(margin: float, passages: list, retrieval_weight: float) -> float:
-    """What prompt.answerable_check compares: the model's margin plus retrieval_weight times the best
-    passage's similarity to the question (no passage: the margin alone)."""
-    return margin + retrieval_weight * max((p.score for p in passages), default=0.0)
+def best_similarity(passages: list) -> float:
+    """Retrieval's evidence: the best packed passage's similarity to the question (none packed: 0)."""
+    return max((p.score for p in passages), default=0.0)
+
+
+def score(margin: float, best: float, retrieval_weight: float) -> float:
+    """What prompt.answerable_check compares: the model's margin plus retrieval_weight times best_similarity."""
+    return margin + retrieval_weight * best
 
 
 def _logsumexp(values: list[float]) -> float:

@@ -191,7 +191,8 @@ class RagPipeline:
             raise BackendUnavailable(f"prompt.answerable_check_model {judge!r} is not served: publish it "
                                      f"(`ragtune adapters load {judge}`), or unset the setting") from None
         weight = self.settings.prompt.answerable_check_retrieval_weight
-        prepared.answerable = round(answerable.score(answerable.yes_no_margin(top), prepared.passages, weight), 3)
+        best = answerable.best_similarity(prepared.passages)
+        prepared.answerable = round(answerable.score(answerable.yes_no_margin(top), best, weight), 3)
         prepared.timings_ms["answerable_check"] = (time.perf_counter() - started) * 1000
         if prepared.answerable >= threshold:
             return None

@@ -23,7 +23,7 @@ QUESTION = "Who was the duke in the battle of Hastings?"
 def test_the_margin_adds_up_the_spellings_and_floors_a_missing_side():
     from types import SimpleNamespace
 
-    from service.answerable import check_messages, score, yes_no_margin
+    from service.answerable import best_similarity, check_messages, score, yes_no_margin
 
     top = [("Yes", math.log(0.5)), (" yes", math.log(0.2)), ("No", math.log(0.1)), ("The", math.log(0.05))]
     assert yes_no_margin(top) == pytest.approx(math.log(0.7) - math.log(0.1))
@@ -31,8 +31,10 @@ def test_the_margin_adds_up_the_spellings_and_floors_a_missing_side():
     with pytest.raises(ValueError):
         yes_no_margin([])
     passages = [SimpleNamespace(score=0.4), SimpleNamespace(score=0.7)]
-    assert score(-1.0, passages, 2.0) == pytest.approx(0.4) and score(-1.0, passages, 0.0) == -1.0
-    assert score(-1.0, [], 2.0) == -1.0  # nothing packed: the margin alone
+    assert best_similarity(passages) == 0.7 and best_similarity([]) == 0.0
+    assert score(-1.0, best_similarity(passages), 2.0) == pytest.approx(0.4)
+    assert score(-1.0, best_similarity(passages), 0.0) == -1.0
+    assert score(-1.0, best_similarity([]), 2.0) == -1.0  # nothing packed: the margin alone
     asked = check_messages([{"role": "system", "content": "answer"}, {"role": "user", "content": "Passages: [1] x\n\nQuestion: q"}])
     assert [m["role"] for m in asked] == ["system", "user"] and "Yes or No" in asked[0]["content"]
     assert asked[1]["content"].startswith("Passages: [1] x\n\nQuestion: q") and asked[1]["content"].endswith("Reply Yes or No.")

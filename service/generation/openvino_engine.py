@@ -82,6 +82,7 @@ class OpenVINOGenerator(LocalGenerator):
         self._streamer = _streamer_class(openvino_genai)
         self.model_dir = openvino_model_dir(settings)
         self._precision = settings.openvino_precision
+        self._computes_in = self._precision if self._precision != "auto" else self._openvinos_pick()
         self._start(settings, AutoTokenizer.from_pretrained(converted_model_dir(settings)))
         self._pipes: dict[str | None, object] = {None: self._build(None)}  # None: the base model
 
@@ -93,12 +94,11 @@ class OpenVINOGenerator(LocalGenerator):
             kwargs["adapters"] = self._og.AdapterConfig(adapter, adapter_scale(adapter_dir))
         pipe = self._og.LLMPipeline(str(self.model_dir), "CPU", **kwargs)
         log.info("openvino pipeline for %s built in %.2f s, computing in %s%s", self.model_dir.name,
-                 time.perf_counter() - started, self._computes_in(), f" with adapter {adapter_dir}" if adapter_dir else "")
+                 time.perf_counter() - started, self._computes_in, f" with adapter {adapter_dir}" if adapter_dir else "")
         return pipe
 
-    def _computes_in(self) -> str:
-        if self._precision != "auto":
-            return self._precision
+    @staticmethod
+    def _openvinos_pick() -> str:
         import openvino
 
         return f"{openvino.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT').get_type_name()} (OpenVINO's pick for this CPU)"
