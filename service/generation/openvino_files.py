@@ -67,7 +67,8 @@ def openvino_model_dir(settings: GenerationSettings) -> Path:
     log.warning("exporting %s to OpenVINO (%s weights) in %s (once; takes a while)", source, settings.openvino_weights, target)
     command = [str(cli), "export", "openvino", "--model", str(source), "--task", "text-generation-with-past",
                "--weight-format", settings.openvino_weights, str(staging)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # The exporter is its own environment: a PYTHONPATH meant for ours would hand it our transformers.
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}, "HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
