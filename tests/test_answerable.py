@@ -166,5 +166,7 @@ def test_the_check_model_setting_hands_the_judgement_to_that_adapter(squad_index
             await generator.close()
 
     judged, by_pirate, by_base, answer = asyncio.run(run())
-    assert judged == pytest.approx(by_pirate, abs=1e-3) and abs(by_pirate - by_base) > 0.1
+    # the pirate's margin, not the base model's: they differ by 0.08-0.1+ depending on the CPU the pirate was
+    # trained on, ten times the tolerance at least
+    assert judged == pytest.approx(by_pirate, abs=1e-3) and abs(by_pirate - by_base) > 0.01
     assert "William" in answer.text and answer.model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # answered by the base
