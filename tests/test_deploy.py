@@ -110,10 +110,8 @@ def containers(manifests) -> dict[str, dict]:
 
 
 def dockerfile_command(name: str) -> list[str]:
-    text = (REPO / "deploy" / name).read_text()
-    entrypoint = ast.literal_eval(re.findall(r"^ENTRYPOINT (.+)$", text, re.M)[-1])
-    cmd = ast.literal_eval(re.findall(r"^CMD (.+)$", text, re.M)[-1])
-    return entrypoint + cmd
+    last = {word: args for _, word, args in instructions(REPO / "deploy" / name)}  # the last of each wins, as in Docker
+    return ast.literal_eval(last["ENTRYPOINT"]) + ast.literal_eval(last["CMD"])
 
 
 def subcommand(args: list[str]) -> list[str]:

@@ -57,14 +57,8 @@ def in_context(path: str, rules) -> bool:
 
 def build_stage_copies(dockerfile: Path) -> list[tuple[list[str], str]]:
     """(sources, destination) of each COPY in the first stage (later stages copy from it)."""
-    copies, stage = [], 0
-    for line in dockerfile.read_text().splitlines():
-        words = line.split()
-        if words[:1] == ["FROM"]:
-            stage += 1
-        elif words[:1] == ["COPY"] and stage == 1 and not any(w.startswith("--from") for w in words):
-            copies.append((words[1:-1], words[-1]))
-    return copies
+    return [(args.split()[:-1], args.split()[-1]) for stage, word, args in instructions(dockerfile)
+            if stage == 1 and word == "COPY" and not args.startswith("--from")]
 
 
 def replay_copies(dockerfile: Path, root: Path) -> Path:
@@ -163,8 +157,10 @@ def test_the_service_image_serves_an_answer(image, tmp_path):
     # The image's exporter venv is built by the recipe that builds .venv-openvino (tests/test_deploy.py checks
     # that), so that venv stands in for it; a cache of its own, as the image's volume starts empty, so the
     # first start converts and exports the model as the image's does.
-    exporter = image_env_settings(REPO / "deploy" / "service.Dockerfile")["RAGTUNE_GENERATION__OPENVINO_EXPORTER"]
-    stand_in = REPO / ".venv-openvino" / Path(exporter).relative_to(Path(exporter).parents[1])
+    from ragtune.settings import GenerationSettings
+    from service.generation.openvino_files import exporter_path
+
+    stand_in = exporter_path(GenerationSettings())  # the checkout's .venv-openvino
     env = image_env(image, RAGTUNE_GENERATION__OPENVINO_EXPORTER=str(stand_in), RAGTUNE_GENERATION__CACHE_DIR=str(tmp_path / "cache"))
     subprocess.run(in_image(image, "index", "add", str(tmp_path / "doc.md"), "--index-dir", str(index)),
                    check=True, capture_output=True, cwd=tmp_path, env=env, timeout=300)

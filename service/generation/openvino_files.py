@@ -68,7 +68,7 @@ def openvino_model_dir(settings: GenerationSettings) -> Path:
     command = [str(cli), "export", "openvino", "--model", str(source), "--task", "text-generation-with-past",
                "--weight-format", settings.openvino_weights, str(staging)]
     # The exporter is its own environment: a PYTHONPATH meant for ours would hand it our transformers.
-    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}, "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")} | {"HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
