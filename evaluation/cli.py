@@ -131,7 +131,7 @@ def run_eval(
         err.print(f"resumed: {result.reused} answers from {cache} (same setup); --fresh answers everything again")
     setup = {**answerer.describe(), **{k: v for k, v in run_setup.items() if k not in ("prompt", "retrieval")},
              "answerable_check": settings.prompt.answerable_check,
-             "answerable_check_model": settings.prompt.answerable_check_model,
+             "answerable_check_model": settings.prompt.answerable_check_model or settings.prompt.answerable_check_model_path,
              "answerable_check_retrieval_weight": settings.prompt.answerable_check_retrieval_weight}
     report = reports.build(result, qa, {"sample": sample, "limit": limit, "seed": seed}, setup,
                            k=top_k or settings.retrieval.top_k)

@@ -152,7 +152,7 @@ class InProcess:
     def __init__(self, settings: Settings, request: Request, demonstrations: Path | None):
         from indexer.embedder import load_embedder
         from service.fewshot import Demonstrations
-        from service.generation import create_generator
+        from service.generation import create_generator, create_judge
         from service.pipeline import build_pipeline
 
         self.settings, self.request = settings, request
@@ -162,7 +162,8 @@ class InProcess:
         self._loaded = False
         self.embedder = load_embedder(settings.embedding, settings.index)
         self.generator = create_generator(settings.generation)
-        self.pipeline = build_pipeline(settings, self.embedder, self.generator)
+        self.judge = create_judge(settings.generation, settings.prompt.answerable_check_model_path)
+        self.pipeline = build_pipeline(settings, self.embedder, self.generator, judge=self.judge)
         if demonstrations is not None:
             self.pipeline.demonstrations = Demonstrations(demonstrations, self.embedder, settings.prompt)
 
@@ -226,6 +227,8 @@ class InProcess:
 
     async def close(self) -> None:
         await self.generator.close()
+        if self.judge is not None:
+            await self.judge.close()
 
 
 class Remote:

@@ -189,6 +189,21 @@ class PromptSettings(BaseModel):
         description="The adapter that makes the answerability check, whatever model the request names: a judge "
         "trained with `ragtune finetune train --judge` (README, Declining). Unset: the request's own model.",
     )
+    answerable_check_model_path: str | None = Field(
+        None,
+        description="A local model (a Hugging Face directory or a GGUF file) that makes the answerability check "
+        "in place of the model that answers: loaded once beside it on the embedded engine, whatever "
+        "generation.backend is, and asked for one token of log probabilities per question (one prefill, nothing "
+        "generated). For a small answering model whose own judgement is chance (README, Declining). "
+        "Exclusive with answerable_check_model.",
+    )
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> PromptSettings:
+        if self.answerable_check_model and self.answerable_check_model_path:
+            raise ValueError("prompt.answerable_check_model (an adapter) and prompt.answerable_check_model_path "
+                             "(a local model) both name the check's judge: set one")
+        return self
 
 
 class FewShotSettings(BaseModel):

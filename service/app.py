@@ -18,7 +18,7 @@ from service import (
     admin, ask_api, chat_api, collections_api, completions_api, embeddings_api, errors, ingest_api, models_api, ops_api, page,
 )
 from service.adapters import AdapterSync
-from service.generation import create_generator
+from service.generation import create_generator, create_judge
 from service.generation.base import Generator
 from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import build_pipeline
@@ -48,7 +48,8 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
             embedder = await asyncio.to_thread(load_embedder, settings.embedding, settings.index)
         if generator is None:
             generator = await asyncio.to_thread(create_generator, settings.generation)
-        app.state.pipeline = build_pipeline(settings, embedder, generator, app.state.metrics.observe_answer)
+        judge = await asyncio.to_thread(create_judge, settings.generation, settings.prompt.answerable_check_model_path)
+        app.state.pipeline = build_pipeline(settings, embedder, generator, app.state.metrics.observe_answer, judge=judge)
         await generator.ready()  # a remote backend reports its context length; a down one is retried per request
         registry = Registry(settings.adapters, settings.generation.model, settings.adapters.resolved_base_dir(settings.generation))
         sync = app.state.adapter_sync = AdapterSync(
@@ -64,6 +65,8 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
         finally:
             reconciler.cancel()
             await generator.close()
+            if judge is not None:
+                await judge.close()
 
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

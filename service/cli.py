@@ -61,7 +61,7 @@ def ask(
     serving_threads()
     from indexer.embedder import load_embedder
     from ragtune.errors import BackendUnavailable
-    from service.generation import create_generator
+    from service.generation import create_generator, create_judge
     from service.generation.base import GenerationParams
     from service.pipeline import build_pipeline
     from service.schema import RetrievalOptions
@@ -69,7 +69,8 @@ def ask(
     with err.status("Loading models..."):
         embedder = load_embedder(settings.embedding, settings.index)
         generator = create_generator(settings.generation)
-    rag = build_pipeline(settings, embedder, generator)
+        judge = create_judge(settings.generation, settings.prompt.answerable_check_model_path)
+    rag = build_pipeline(settings, embedder, generator, judge=judge)
     params = GenerationParams.defaults(settings.generation, **({"max_tokens": max_tokens} if max_tokens else {}))
 
     async def answer():
@@ -80,6 +81,8 @@ def ask(
             return prepared, await rag.complete(prepared, params)
         finally:
             await generator.close()
+            if judge is not None:
+                await judge.close()
 
     prepared, completion = asyncio.run(answer())
     out.print(completion.text)

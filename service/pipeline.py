@@ -68,10 +68,11 @@ def usage_of(completion: Completion) -> Usage:
 class RagPipeline:
     def __init__(
         self, settings: Settings, retriever: Retriever, generator: Generator | None, observe: Observer | None = None,
-        demonstrations: Demonstrations | None = None, counter: TokenCounter | None = None,
+        demonstrations: Demonstrations | None = None, counter: TokenCounter | None = None, judge: Generator | None = None,
     ):
         """`counter`: what packing counts with (default: the generator). Without a generator the
-        pipeline only prepares prompts (fine-tuning builds its retrieval-aware examples so)."""
+        pipeline only prepares prompts (fine-tuning builds its retrieval-aware examples so). `judge`: the
+        model that makes the answerability check, when it is not the answering one (create_judge)."""
         if counter is None and generator is None:
             raise ValueError("a pipeline needs a generator or a token counter")
         self.observe = observe
@@ -79,6 +80,7 @@ class RagPipeline:
         self.retriever = retriever  # the default collection's
         self.retrievers = Retrievers(retriever, settings.index, settings.service.reload_check_seconds, settings.retrieval)
         self.generator = generator
+        self.judge = judge
         self.packer = Packer(settings.prompt, counter or generator)
         self.demonstrations = demonstrations
 
@@ -179,12 +181,13 @@ class RagPipeline:
         threshold = self.settings.prompt.answerable_check
         if threshold is None or prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
             return None
-        judge = self.settings.prompt.answerable_check_model or params.model
+        judge = None if self.judge else self.settings.prompt.answerable_check_model or params.model
         if judge == self.generator.model_name:
             judge = None
         started = time.perf_counter()
         try:
-            top = await self.generator.first_token_logprobs(answerable.check_messages(prepared.messages), judge)
+            top = await (self.judge or self.generator).first_token_logprobs(
+                answerable.check_messages(prepared.messages), judge)
         except UnknownModel:
             if judge == params.model:
                 raise
@@ -231,11 +234,11 @@ class RagPipeline:
 
 def build_pipeline(
     settings: Settings, embedder, generator: Generator | None, observe: Observer | None = None,
-    counter: TokenCounter | None = None,
+    counter: TokenCounter | None = None, judge: Generator | None = None,
 ) -> RagPipeline:
     """The pipeline over the configured index, for the service and the CLI alike."""
     retriever = Retriever(
         settings.index.dir, settings.index, embedder, settings.service.reload_check_seconds, settings.retrieval
     )
     demonstrations = Demonstrations(settings.fewshot.file, embedder, settings.prompt) if settings.fewshot.file else None
-    return RagPipeline(settings, retriever, generator, observe, demonstrations, counter)
+    return RagPipeline(settings, retriever, generator, observe, demonstrations, counter, judge)

@@ -3,7 +3,8 @@ whether they state the answer, and below the threshold the answer is the decline
 embedded model on both local engines in process, and a served check over HTTP (/ask, its stream, and
 the chat endpoint with retrieval). The real-vLLM side is in test_real_vllm.py. Whether a model's
 judgement is worth a threshold is measured by bench/answerability.py, not here: SmolLM2's is chance.
-prompt.answerable_check_model hands the judgement to an adapter (a judge trained with --judge)."""
+prompt.answerable_check_model hands the judgement to an adapter (a judge trained with --judge),
+prompt.answerable_check_model_path to another model on disk, loaded beside the answering one."""
 
 from __future__ import annotations
 
@@ -170,3 +171,84 @@ def test_the_check_model_setting_hands_the_judgement_to_that_adapter(squad_index
     # trained on, ten times the tolerance at least
     assert judged == pytest.approx(by_pirate, abs=1e-3) and abs(by_pirate - by_base) > 0.01
     assert "William" in answer.text and answer.model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # answered by the base
+
+
+def test_one_judge_is_named_at_most():
+    from pydantic import ValidationError
+
+    from ragtune.settings import PromptSettings
+
+    assert PromptSettings(answerable_check_model_path="models/judge.gguf").answerable_check_model is None
+    with pytest.raises(ValidationError, match="both name the check's judge"):
+        PromptSettings(answerable_check_model="judge", answerable_check_model_path="models/judge.gguf")
+
+
+@pytest.fixture(scope="module")
+def pirate_model(tmp_path_factory, pirate_registry) -> str:
+    """A second model on disk, nothing like the base in its replies: the pirate adapter merged into a copy
+    of the base model's weights, saved as a Hugging Face directory."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragtune.registry import Registry
+    from ragtune.settings import get_settings
+
+    generation = get_settings().generation
+    base_dir = generation.served_model_dir()
+    adapter = Registry(get_settings(adapters={"dir": pirate_registry}).adapters, generation.model).get("pirate").path
+    out = tmp_path_factory.mktemp("pirate-model") / "pirate-merged"
+    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_a_local_model_judges_in_place_of_the_answering_one(squad_index, pirate_registry, pirate_model, tmp_path):
+    """prompt.answerable_check_model_path: another model on disk makes the check for every request, loaded
+    beside the answering one, which never sees the pirate: the margin is the pirate's, the answer the base's.
+    In process, and served over HTTP."""
+    from indexer.embedder import load_embedder
+    from ragtune.registry import Registry
+    from ragtune.settings import get_settings
+    from service import answerable
+    from service.generation import create_generator, create_judge
+    from service.generation.base import GenerationParams
+    from service.pipeline import build_pipeline
+    from service.schema import RetrievalOptions
+
+    settings = get_settings(generation={"engine": "transformers"})
+    settings.index.dir, settings.adapters.dir = squad_index, pirate_registry
+    settings.prompt.answerable_check, settings.prompt.answerable_check_model_path = -50.0, pirate_model
+    pirate = Registry(settings.adapters, settings.generation.model).get("pirate").path
+
+    async def run():
+        generator = create_generator(settings.generation)
+        judge = create_judge(settings.generation, pirate_model)
+        try:
+            rag = build_pipeline(settings, load_embedder(settings.embedding, settings.index), generator, judge=judge)
+            params = GenerationParams.defaults(settings.generation, max_tokens=20)
+            prepared = rag.prepare(QUESTION, [], RetrievalOptions(), 20)
+            answer = await rag.complete(prepared, params)
+            check = answerable.check_messages(prepared.messages)
+            by_base = answerable.yes_no_margin(await generator.first_token_logprobs(check, None))
+            await generator.sync_adapters({"pirate": pirate})  # the pirate as an adapter: what the merged copy judges like
+            by_pirate = answerable.yes_no_margin(await generator.first_token_logprobs(check, "pirate"))
+            return prepared.answerable, by_pirate, by_base, answer, judge.model_name
+        finally:
+            await generator.close()
+            await judge.close()
+
+    judged, by_pirate, by_base, answer, judge_name = asyncio.run(run())
+    assert judge_name == "pirate-merged"
+    # the merged copy judges as the adapter does (to float error); the base apart from both by ten times that at least
+    assert judged == pytest.approx(by_pirate, abs=1e-3) and abs(judged - by_base) > 0.01
+    assert "William" in answer.text and answer.model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    with serving(squad_index, tmp_path, RAGTUNE_GENERATION__ENGINE="transformers", RAGTUNE_PROMPT__ANSWERABLE_CHECK="50",
+                 RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL_PATH=pirate_model) as server:
+        body = httpx.post(f"{server.url}/ask", json={"question": QUESTION, "max_tokens": 20}, timeout=120).json()
+    assert body["answer"] == DECLINE and body["ledger"]["answerable"] == pytest.approx(judged, abs=0.01)
+    log = (tmp_path / "server.log").read_text()
+    assert "answerability check judged by pirate-merged" in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ragtune.settings import GenerationSettings
 from service.generation.base import Generator
@@ -29,3 +30,14 @@ def create_generator(settings: GenerationSettings) -> Generator:
 
             return VllmGenerator(settings)
     raise ValueError(f"unknown generation backend {settings.backend!r}")
+
+
+def create_judge(settings: GenerationSettings, model_path: str | None) -> Generator | None:
+    """prompt.answerable_check_model_path: the local model that makes the answerability check instead of the
+    answering one, on the embedded engine (the answering model may be remote); None when unset. It serves no
+    adapters: only the check's one-token log probabilities are asked of it."""
+    if not model_path:
+        return None
+    name = Path(model_path).name.removesuffix(".gguf")
+    log.info("answerability check judged by %s (prompt.answerable_check_model_path)", name)
+    return create_generator(settings.model_copy(update={"backend": "local", "local_model_path": model_path, "model": name}))
