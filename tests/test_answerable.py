@@ -183,6 +183,18 @@ def test_one_judge_is_named_at_most():
         PromptSettings(answerable_check_model="judge", answerable_check_model_path="models/judge.gguf")
 
 
+@pytest.mark.parametrize("path", ["/no/such/judge.gguf", "/no/such/judge-dir"])
+def test_a_judge_model_that_is_not_there_is_named_by_its_setting(path):
+    from ragtune.errors import UsageError
+    from ragtune.settings import GenerationSettings
+    from service.generation import create_judge
+
+    assert create_judge(GenerationSettings(), None) is None
+    with pytest.raises(UsageError, match=f"{path}.*RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL_PATH") as raised:
+        create_judge(GenerationSettings(), path)
+    assert "LOCAL_MODEL_PATH" not in str(raised.value)
+
+
 @pytest.fixture(scope="module")
 def pirate_model(tmp_path_factory, pirate_registry) -> str:
     """A second model on disk, nothing like the base in its replies: the pirate adapter merged into a copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ragtune.errors import UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Generator
 
@@ -40,4 +41,7 @@ def create_judge(settings: GenerationSettings, model_path: str | None) -> Genera
         return None
     name = Path(model_path).name.removesuffix(".gguf")
     log.info("answerability check judged by %s (prompt.answerable_check_model_path)", name)
-    return create_generator(settings.model_copy(update={"backend": "local", "local_model_path": model_path, "model": name}))
+    try:
+        return create_generator(settings.model_copy(update={"backend": "local", "local_model_path": model_path, "model": name}))
+    except UsageError as exc:  # said of the generation model's setting; this is the judge's
+        raise UsageError(str(exc).replace("RAGTUNE_GENERATION__LOCAL_MODEL_PATH", "RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL_PATH")) from None
