@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 
 class VllmSettings(BaseModel):
@@ -107,11 +107,26 @@ class GenerationSettings(BaseModel):
     )
     vllm: VllmSettings = Field(default_factory=VllmSettings)
 
+    _path_setting: str = PrivateAttr("RAGTUNE_GENERATION__LOCAL_MODEL_PATH")
+
     @model_validator(mode="after")
     def _name_a_local_model(self) -> GenerationSettings:
         if self.local_model_path and "model" not in self.model_fields_set:
             self.model = Path(self.local_model_path).name.removesuffix(".gguf")
         return self
+
+    def for_local_model(self, path: str, setting: str) -> GenerationSettings:
+        """These settings for another model on the embedded engine (the answerability judge): named after its
+        file or directory, and `setting`, the one that gave its path, is what errors about that path name."""
+        other = GenerationSettings.model_validate(
+            {**self.model_dump(exclude={"model"}), "backend": "local", "local_model_path": path})
+        other._path_setting = setting
+        return other
+
+    @property
+    def path_setting(self) -> str:
+        """The setting to fix when local_model_path points at nothing usable."""
+        return self._path_setting
 
     def embedded_model_dir(self) -> Path:
         """Where the packaged GGUF's safetensors copy lives (made on first use by the local backend)."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from ragtune.errors import UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Generator
 
@@ -39,9 +37,6 @@ def create_judge(settings: GenerationSettings, model_path: str | None) -> Genera
     adapters: only the check's one-token log probabilities are asked of it."""
     if not model_path:
         return None
-    name = Path(model_path).name.removesuffix(".gguf")
-    log.info("answerability check judged by %s (prompt.answerable_check_model_path)", name)
-    try:
-        return create_generator(settings.model_copy(update={"backend": "local", "local_model_path": model_path, "model": name}))
-    except UsageError as exc:  # said of the generation model's setting; this is the judge's
-        raise UsageError(str(exc).replace("RAGTUNE_GENERATION__LOCAL_MODEL_PATH", "RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL_PATH")) from None
+    judge = settings.for_local_model(model_path, "RAGTUNE_PROMPT__ANSWERABLE_CHECK_MODEL_PATH")
+    log.info("answerability check judged by %s (prompt.answerable_check_model_path)", judge.model)
+    return create_generator(judge)

@@ -43,12 +43,12 @@ def converted_model_dir(settings: GenerationSettings) -> Path:
         return target
     if settings.local_model_path and settings.local_gguf() is None:
         raise UsageError(
-            f"no Hugging Face model at {target} (config.json missing); point RAGTUNE_GENERATION__LOCAL_MODEL_PATH at a "
+            f"no Hugging Face model at {target} (config.json missing); point {settings.path_setting} at a "
             "model directory or a .gguf file"
         )
     gguf = settings.local_gguf() or packaged_gguf()
     if not gguf.is_file():
-        raise UsageError(f"no GGUF file at {gguf}; fix RAGTUNE_GENERATION__LOCAL_MODEL_PATH")
+        raise UsageError(f"no GGUF file at {gguf}; fix {settings.path_setting}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
