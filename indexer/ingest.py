@@ -119,8 +119,11 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
     return list(files), directories
 
 
-def matching_sources(sources: list[tuple[str, str]], target: str) -> list[tuple[str, str]]:
-    """The (source id, path) pairs a removal target names: a source id, a file path, or a directory."""
+def matching_sources(sources: list[tuple[str, str]], target: str, exact: bool = False) -> list[tuple[str, str]]:
+    """The (source id, path) pairs a removal target names: a source id, a file path, or a directory
+    (`exact`: the source id alone, as a request over HTTP names it)."""
+    if exact:
+        return [(sid, p) for sid, p in sources if sid == target]
     as_path = Path(target).absolute()
     return [(sid, p) for sid, p in sources
             if sid == target or Path(p) == as_path or Path(p).is_relative_to(as_path) or sid.startswith(target.rstrip("/") + "/")]
@@ -147,9 +150,11 @@ class Ingestor:
 
     def ingest(
         self, paths: list[str], directory: Path, root: Path | None = None, progress: Progress | None = None,
-        writer: IndexWriter | None = None,
+        writer: IndexWriter | None = None, by_id: bool = False,
     ) -> IngestReport:
-        """`writer`: one already open on `directory` (holding its lock), which the caller closes."""
+        """`writer`: one already open on `directory` (holding its lock), which the caller closes.
+        `by_id`: files are known by their source ids (relative to `root`) in the index and the
+        report, never by where they lie on this machine (uploads over HTTP)."""
         progress = progress or _NoProgress()
         started = time.perf_counter()
         files, directories = discover(paths)
@@ -161,7 +166,7 @@ class Ingestor:
             for path in files:
                 source_id = self.source_id(path, root)
                 seen.add(source_id)
-                item = self._prepare(path, source_id, writer, report)
+                item = self._prepare(path, source_id, writer, report, by_id)
                 progress.read(len(item.chunks) if item else 0)
                 if item is not None:
                     pending.append(item)
@@ -179,8 +184,8 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, path: Path, source_id: str, writer: IndexWriter, report: IngestReport) -> _Pending | None:
-        shown = str(path)
+    def _prepare(self, path: Path, source_id: str, writer: IndexWriter, report: IngestReport, by_id: bool) -> _Pending | None:
+        shown = source_id if by_id else str(path)
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             report.skipped.append((shown, f"unsupported file type {path.suffix or '(none)'!r}"))
             return None
@@ -192,7 +197,7 @@ class Ingestor:
                 return None
             data = path.read_bytes()
         except OSError as exc:
-            report.skipped.append((shown, f"unreadable: {exc.strerror or exc}"))
+            report.skipped.append((shown, f"unreadable: {exc.strerror or type(exc).__name__}"))
             return None
         content_hash = hashlib.sha256(data).hexdigest()
         previous = writer.source_hash(source_id)
@@ -210,7 +215,7 @@ class Ingestor:
         if not chunks:
             report.skipped.append((shown, "no text content"))
             return None
-        return _Pending(source_id, str(path.absolute()), content_hash, len(data), documents, chunks, warnings, previous is not None)
+        return _Pending(source_id, shown if by_id else str(path.absolute()), content_hash, len(data), documents, chunks, warnings, previous is not None)
 
     def _flush(self, pending: list[_Pending], writer: IndexWriter, report: IngestReport, progress: Progress) -> None:
         if not pending:
@@ -237,14 +242,14 @@ class Ingestor:
             progress.embedded(len(step))
         return vectors
 
-    def remove(self, targets: list[str], directory: Path, writer: IndexWriter | None = None) -> IngestReport:
+    def remove(self, targets: list[str], directory: Path, writer: IndexWriter | None = None, exact: bool = False) -> IngestReport:
         """Remove sources by id, by path, or everything under a directory path; or one document
-        by its id (a JSONL record: "faq.jsonl#q1")."""
+        by its id (a JSONL record: "faq.jsonl#q1"). `exact`: by a source or document id only."""
         report = IngestReport()
         with nullcontext(writer) if writer is not None else self.writer(directory) as writer:
             sources = writer.sources()
             for target in targets:
-                matched = matching_sources(sources, target)
+                matched = matching_sources(sources, target, exact)
                 if not matched:
                     removed = writer.delete_document(target)  # a document of a source, by its id
                     if removed is None:

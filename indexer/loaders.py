@@ -204,9 +204,24 @@ def load_docx(data: bytes, doc_id: str, _records: RecordSettings) -> list[Docume
     return [Document(doc_id, blocks, title=title)]
 
 
+def _not_text(value: object) -> bool:
+    """A string JSON can hold but text cannot: an unpaired surrogate escape ("\\ud800")."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _record_document(record: object, where: str, doc_id: str, index: int, cfg: RecordSettings) -> Document:
     if not isinstance(record, dict):
         raise LoadError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    broken = next((key for key, value in record.items() if _not_text(key) or _not_text(value)), None)
+    if broken is not None:
+        raise LoadError(f"{where}: field {broken.encode('utf-8', 'backslashreplace').decode()!r} holds an unpaired "
+                        "surrogate escape (such as \\ud800), which is not text")
     text_field = next((f for f in cfg.text_fields if isinstance(record.get(f), str) and record[f].strip()), None)
     if text_field is None:
         raise LoadError(f"{where}: no text in any of the fields {cfg.text_fields}")

@@ -11,17 +11,25 @@ A servable adapter directory holds exactly:
                                  base_model.model.M.lora_A.weight [r, in] and .lora_B.weight [out, r],
                                  where the base model's M.weight is [out, in]
 
-Regular files only (a symlink could point anywhere on the server's disk). The weights file is
-checked from its safetensors header alone (the tensors are not read), against the base model's
-own header when its directory is known.
+Regular files only (a symlink could point anywhere on the server's disk). The weights file's
+safetensors header is checked against the base model's own header when its directory is known:
+each tensor F32, F16 or BF16, its bytes exactly its shape times its dtype's size, the tensors
+packed one after another with no gap or overlap (as safetensors writes them). Then the weights
+are read once: every value finite (a NaN or infinite weight makes every answer empty). A regular
+expression in target_modules is run with a time limit: a pattern that backtracks without end
+would otherwise hold the process.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
+import time
 from pathlib import Path
+
+import regex
 
 from ragtune.errors import UsageError
 from ragtune.settings import VLLM_LORA_RANKS
@@ -30,6 +38,10 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _LORA_TENSOR = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight")
 _NOT_SERVABLE_MODULES = ("lm_head", "embed_tokens", "wte", "embed_in")  # vLLM serves LoRA on decoder linear layers
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1}
+ADAPTER_DTYPES = ("F32", "F16", "BF16")  # what PEFT writes and vLLM and the embedded engines load
+REGEX_SECONDS = 0.5  # for target_modules matched against every module name, together
 
 
 class AdapterInvalid(UsageError):
@@ -50,13 +62,13 @@ def safetensors_header(path: Path) -> dict[str, dict]:
         raw = f.read(length)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise AdapterInvalid(f"{path} is not a safetensors file (its header is not JSON)") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise AdapterInvalid(f"{path} is not a safetensors file (its header is not JSON, or nested too deeply)") from None
     if not isinstance(header, dict):
         raise AdapterInvalid(f"{path} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     end = 0
-    for name, info in header.items():
+    for name, info in sorted(header.items(), key=lambda item: _start(item[1])):
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         shape = info.get("shape") if isinstance(info, dict) else None
         if (
@@ -65,10 +77,24 @@ def safetensors_header(path: Path) -> dict[str, dict]:
             or not 0 <= offsets[0] <= offsets[1]
         ):
             raise AdapterInvalid(f"{path}: tensor {name!r} has a malformed entry in the safetensors header")
-        end = max(end, offsets[1])
+        if info.get("dtype") not in DTYPE_BYTES:
+            raise AdapterInvalid(f"{path}: tensor {name!r} has dtype {str(info.get('dtype'))[:20]!r}, not a safetensors dtype")
+        expected = math.prod(shape) * DTYPE_BYTES[info["dtype"]]
+        if offsets[1] - offsets[0] != expected:
+            raise AdapterInvalid(f"{path}: tensor {name!r} is {info['dtype']} {shape}, {expected} bytes, but the header "
+                                 f"gives it {offsets[1] - offsets[0]}")
+        if offsets[0] != end:
+            raise AdapterInvalid(f"{path}: tensor {name!r} starts at byte {offsets[0]}, not where the one before it ends "
+                                 f"({end}): tensors may not overlap or leave gaps")
+        end = offsets[1]
     if 8 + length + end != size:
         raise AdapterInvalid(f"{path}: the safetensors header describes {end} bytes of data, the file holds {size - 8 - length}")
     return header
+
+
+def _start(info: object) -> int:
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    return offsets[0] if isinstance(offsets, list) and offsets and type(offsets[0]) is int else -1
 
 
 def base_model_shapes(model_dir: Path) -> dict[str, list[int]]:
@@ -80,9 +106,24 @@ def base_model_shapes(model_dir: Path) -> dict[str, list[int]]:
 
 
 def _targets_module(target_modules, module: str) -> bool:
-    if isinstance(target_modules, str):  # PEFT: a regex matched against the whole module path
-        return re.fullmatch(target_modules, module) is not None
+    """Whether a list of target_modules names `module` (PEFT: the name, or the path's last parts)."""
     return any(module == t or module.endswith(f".{t}") for t in target_modules)
+
+
+def _regex_matches(path: Path, pattern: str, names: list[str]) -> set[str]:
+    """The names a regex target_modules matches whole, as PEFT matches it. The engines run it against
+    every module name of the base model, so all of them together must finish within REGEX_SECONDS
+    (the match releases the GIL: the service answers meanwhile)."""
+    deadline, matched = time.monotonic() + REGEX_SECONDS, set()
+    compiled = regex.compile(pattern)
+    for name in names:
+        try:
+            if compiled.fullmatch(name, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True):
+                matched.add(name)
+        except TimeoutError:
+            raise AdapterInvalid(f"{path}: target_modules {pattern[:80]!r} takes over {REGEX_SECONDS} s to match the "
+                                 "module names; list the module names instead of a regular expression") from None
+    return matched
 
 
 def _check_config(path: Path, config: dict, base_model: str, max_rank: int) -> int:
@@ -96,8 +137,8 @@ def _check_config(path: Path, config: dict, base_model: str, max_rank: int) -> i
     if rank > max_rank:
         raise AdapterInvalid(f"{path}: rank {rank} is above adapters.max_rank {max_rank} (vLLM's --max-lora-rank)")
     alpha = config.get("lora_alpha", 8)
-    if type(alpha) not in (int, float) or alpha <= 0:
-        raise AdapterInvalid(f"{path}: lora_alpha is {alpha!r}; it must be a positive number")
+    if type(alpha) not in (int, float) or not math.isfinite(alpha) or alpha <= 0:
+        raise AdapterInvalid(f"{path}: lora_alpha is {alpha!r}; it must be a positive, finite number")
     if config.get("bias", "none") != "none":
         raise AdapterInvalid(f"{path}: bias is {config.get('bias')!r}; vLLM serves only bias 'none'")
     if config.get("modules_to_save"):
@@ -116,8 +157,9 @@ def _check_config(path: Path, config: dict, base_model: str, max_rank: int) -> i
         bad = [t for t in targets if t.rsplit(".", 1)[-1] in _NOT_SERVABLE_MODULES]
     elif isinstance(targets, str) and targets:
         try:
-            re.compile(targets)
-        except re.error as exc:
+            re.compile(targets)  # the engines compile it with Python's re
+            regex.compile(targets)
+        except (re.error, regex.error) as exc:
             raise AdapterInvalid(f"{path}: target_modules {targets!r} is not a valid regular expression: {exc}") from None
         bad = []
     else:
@@ -127,7 +169,8 @@ def _check_config(path: Path, config: dict, base_model: str, max_rank: int) -> i
     return rank
 
 
-def _check_weights(path: Path, config: dict, rank: int, base: dict[str, list[int]] | None) -> None:
+def _check_weights(path: Path, config: dict, rank: int, base: dict[str, list[int]] | None) -> list[str]:
+    """The modules the adapter has weights for (checked against the config and the base model)."""
     header = safetensors_header(path / "adapter_model.safetensors")
     if not header:
         raise AdapterInvalid(f"{path}/adapter_model.safetensors holds no tensors")
@@ -136,8 +179,14 @@ def _check_weights(path: Path, config: dict, rank: int, base: dict[str, list[int
         match = _LORA_TENSOR.fullmatch(name)
         if match is None:
             raise AdapterInvalid(f"{path}: tensor {name!r} is not a LoRA A/B weight vLLM can load")
+        if info["dtype"] not in ADAPTER_DTYPES:
+            raise AdapterInvalid(f"{path}: tensor {name!r} is {info['dtype']}; adapter weights are one of {ADAPTER_DTYPES}")
         pairs.setdefault(match["module"], {})[match["part"]] = info["shape"]
     targets = config["target_modules"]
+    if isinstance(targets, str):  # PEFT: a regex matched against the whole module path
+        weights = [*pairs, *(n.removesuffix(".weight") for n in base or ())]  # and their parents: PEFT tries every module
+        names = list(dict.fromkeys(".".join(p[:i]) for p in (w.split(".") for w in weights) for i in range(1, len(p) + 1)))
+        matched = _regex_matches(path, targets, names)
     for module, parts in sorted(pairs.items()):
         if set(parts) != {"A", "B"}:
             raise AdapterInvalid(f"{path}: module {module} has lora_{''.join(parts)} but not both lora_A and lora_B")
@@ -146,7 +195,7 @@ def _check_weights(path: Path, config: dict, rank: int, base: dict[str, list[int
             raise AdapterInvalid(
                 f"{path}: {module} has lora_A {a} and lora_B {b}, which do not match rank r = {rank} in the config"
             )
-        if not _targets_module(targets, module):
+        if not (module in matched if isinstance(targets, str) else _targets_module(targets, module)):
             raise AdapterInvalid(f"{path}: weights for {module}, which target_modules {targets} does not name")
         if base is not None:
             shape = base.get(f"{module}.weight")
@@ -160,11 +209,14 @@ def _check_weights(path: Path, config: dict, rank: int, base: dict[str, list[int
         unused = [t for t in targets if not any(_targets_module([t], m) for m in pairs)]
         if unused:
             raise AdapterInvalid(f"{path}: target_modules {unused} match no layer with weights in the adapter")
+    return sorted(pairs)
 
 
 def validate_adapter(path: Path, base_model: str, max_rank: int, base_dir: Path | None = None) -> dict:
-    """The adapter's config, if vLLM (and the embedded engine) can load it; else AdapterInvalid
-    naming the problem. `base_dir`: the base model's directory, to check modules and shapes against."""
+    """The adapter's config as the registry keeps it, if vLLM (and the embedded engine) can load it;
+    else AdapterInvalid naming the problem. `base_dir`: the base model's directory, to check modules
+    and shapes against. A regular expression in target_modules comes back as the list of modules
+    it names, so no engine ever runs an uploaded pattern."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterInvalid(f"{path} is not a directory")
@@ -176,11 +228,35 @@ def validate_adapter(path: Path, base_model: str, max_rank: int, base_dir: Path 
         raise AdapterInvalid(f"{path} is not a LoRA adapter: {', '.join(missing)} missing")
     try:
         config = json.loads((path / "adapter_config.json").read_text())
+    except RecursionError:
+        raise AdapterInvalid(f"{path}/adapter_config.json is nested too deeply to be a PEFT config") from None
     except (OSError, ValueError) as exc:
         raise AdapterInvalid(f"{path}/adapter_config.json is not readable JSON: {exc}") from None
     if not isinstance(config, dict):
         raise AdapterInvalid(f"{path}/adapter_config.json is not a JSON object")
     rank = _check_config(path, config, base_model, max_rank)
     base = base_model_shapes(base_dir) if base_dir is not None else None
-    _check_weights(path, config, rank, base)
+    modules = _check_weights(path, config, rank, base)
+    _check_finite(path / "adapter_model.safetensors")
+    if isinstance(config["target_modules"], str):
+        config = {**config, "target_modules": modules}
     return config
+
+
+_EXPONENT = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000)}
+
+
+def _check_finite(path: Path) -> None:
+    """Every weight a finite number: NaN and infinity have all exponent bits set, in all three dtypes."""
+    import numpy as np
+
+    header = safetensors_header(path)
+    with open(path, "rb") as f:
+        start = 8 + struct.unpack("<Q", f.read(8))[0]
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            kind, mask = _EXPONENT[info["dtype"]]
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            bits = np.frombuffer(f.read(end - begin), dtype=kind)
+            if np.any((bits & mask) == mask):
+                raise AdapterInvalid(f"{path}: tensor {name!r} holds NaN or infinite values; the adapter's training diverged")

@@ -35,11 +35,19 @@ def variable(location: tuple) -> str:
     return PREFIX + DELIMITER.join(str(part).upper() for part in location)
 
 
+KEYED = "key_collections"  # a mapping whose keys are API keys
+
+
 def _describe(error: dict) -> str:
+    """One line for a bad value, which never echoes an API key: neither a key-holding setting's
+    value nor a key_collections entry's key (its path would name it)."""
     message = error["msg"].removeprefix("Value error, ")
-    value = error.get("input")
-    shown = f"={value!r}" if isinstance(value, (str, int, float, bool)) and len(str(value)) <= 80 else ""
-    return f"{variable(error['loc'])}{shown}: {message}"
+    location, value = tuple(error["loc"]), error.get("input")
+    if KEYED in location:
+        location, message = location[: location.index(KEYED) + 1], f"a key's entry: {message}"
+    secret = any("key" in str(part) for part in location)
+    shown = f"={value!r}" if not secret and isinstance(value, (str, int, float, bool)) and len(str(value)) <= 80 else ""
+    return f"{variable(location)}{shown}: {message}"
 
 
 def _not_json() -> list[str]:

@@ -159,6 +159,11 @@ class AdapterSettings(BaseModel):
         "the same path (a shared volume), since vLLM loads adapters from the paths the service sends.",
     )
     max_rank: int = Field(64, ge=1, description="Highest LoRA rank accepted; match vLLM's --max-lora-rank.")
+    max_published: int = Field(
+        8, ge=0,
+        description="Most adapters published at once: each is loaded by every backend (about 0.4 GB each for the "
+        "default model on the OpenVINO engine, which builds a pipeline per adapter). Publishing one more is refused.",
+    )
     sync_seconds: float = Field(
         5.0, gt=0, description="How often the service reconciles its backend (every vLLM replica) to the registry."
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragtune.adapter_check import ADAPTER_FILES, AdapterInvalid, validate_adapter
-from ragtune.errors import RagtuneError
+from ragtune.errors import RagtuneError, UsageError
 from ragtune.settings import AdapterSettings
 
 FORMAT = 1
@@ -36,6 +36,10 @@ KEEP_VERSIONS = 2  # the previous one stays while replicas switch to the new one
 
 class AdapterNotFound(RagtuneError):
     exit_code = 2
+
+
+class TooManyPublished(UsageError):
+    """Publishing one more adapter would pass adapters.max_published."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class Registry:
         """Copy a validated adapter in as the newest version of `name`. `publish=None` keeps the
         published state, so retraining a published adapter updates what is served."""
         check_name(name)
-        self.validate(source)
+        config = self.validate(source)
         version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         target = self.version_path(name, version)
         staging = target.with_name(f".{version}.tmp")
@@ -183,15 +187,20 @@ class Registry:
         for file in (*ADAPTER_FILES, METADATA_FILE):  # what was validated, nothing else (no symlinks followed)
             if (Path(source) / file).is_file() and not (Path(source) / file).is_symlink():
                 shutil.copyfile(Path(source) / file, staging / file)
+        if json.loads((staging / ADAPTER_FILES[0]).read_text()) != config:  # a regex target_modules, resolved
+            (staging / ADAPTER_FILES[0]).write_text(json.dumps(config, indent=2))
         staging.rename(target)  # a version directory is whole or absent
-        with self._locked() as state:
-            previous = state["adapters"].get(name, {})
-            state["adapters"][name] = {
-                "version": version,
-                "published": previous.get("published", False) if publish is None else publish,
-                "updated": _now(),
-            }
-            self._write(state)
+        try:
+            with self._locked() as state:
+                previous = state["adapters"].get(name, {})
+                published = previous.get("published", False) if publish is None else publish
+                if published:
+                    self._check_room(state, name)
+                state["adapters"][name] = {"version": version, "published": published, "updated": _now()}
+                self._write(state)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         self._prune(name, keep={version, previous.get("version")})
         return self.get(name)
 
@@ -201,10 +210,22 @@ class Registry:
             if entry is None:
                 raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
             if published:  # refuse to publish what cannot be served (the files may have changed since)
+                self._check_room(state, name)
                 self.validate(self.version_path(name, entry["version"]))
             entry.update(published=published, updated=_now())
             self._write(state)
         return self.get(name)
+
+    def _check_room(self, state: dict, name: str) -> None:
+        """One more published adapter must stay within adapters.max_published (each costs every backend memory)."""
+        others = sorted(n for n, e in state["adapters"].items() if e["published"] and n != name)
+        limit = self.settings.max_published
+        if len(others) >= limit:
+            raise TooManyPublished(
+                f"{len(others)} adapters are published already, the limit (setting adapters.max_published, "
+                f"RAGTUNE_ADAPTERS__MAX_PUBLISHED) is {limit}: unpublish one first (`ragtune adapters unload NAME`, "
+                f"or POST /admin/adapters/NAME/unload); published: {', '.join(others)}"
+            )
 
     def delete(self, name: str) -> None:
         with self._locked() as state:

@@ -246,6 +246,11 @@ class ServiceSettings(BaseModel):
     max_upload_bytes: int = Field(
         1_073_741_824, ge=1024, description="Largest adapter upload (PUT /admin/adapters/{name}); larger: 413."
     )
+    upload_timeout_seconds: float = Field(
+        600.0, gt=0,
+        description="Seconds to receive a whole upload (documents or an adapter, multipart); then 408 and nothing is "
+        "kept. Bounds how long a slow client holds the upload's memory and disk.",
+    )
     max_connections: int = Field(
         1024, ge=1, description="Open connections plus running requests the server takes; beyond it, 503."
     )

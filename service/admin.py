@@ -61,7 +61,7 @@ async def upload(name: str, sync: Sync, settings: Config, request: Request, publ
     adapter_config.json and adapter_model.safetensors, checked as `ragtune adapters add` checks them."""
     check_name(name)
     folder = sync.registry.root / ".uploads" / uuid.uuid4().hex
-    await receive_files(request, folder, settings.service.max_upload_bytes, len(ADAPTER_FILES), "adapter files",
+    await receive_files(request, folder, settings.service, len(ADAPTER_FILES), "adapter files",
                         lambda file: None if file in ADAPTER_FILES else f"unexpected: send {' and '.join(ADAPTER_FILES)}")
     try:
         return await _published(sync, name, lambda: sync.registry.add(name, folder, publish or None))

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 
-from ragtune.errors import UsageError
+from ragtune.errors import NotFound, UsageError
 from service import errors, limits
 from service.deps import Config, Pipeline, Sync, check_collection, client_key
 from service.http import json_body, parse_json, sse, unless_gone
@@ -74,3 +74,12 @@ async def _events(rag: RagPipeline, prepared: Prepared, params, cid: str, model:
             yield chunk(event.choices)
         elif event.text:
             yield chunk([ChunkChoice(index=0, delta={"content": event.text}, finish_reason=None, logprobs=None)])
+
+
+@router.api_route("/v1/responses", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+@router.api_route("/v1/responses/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+async def responses_api() -> None:
+    """OpenAI's Responses API is not served: say so, and which endpoint does the same job."""
+    raise NotFound("the Responses API (/v1/responses) is not served here; send the conversation to "
+                   "POST /v1/chat/completions (OpenAI's chat API, streaming included) or the question to POST /ask",
+                   param=None)

@@ -22,7 +22,7 @@ MAX_INPUTS = 256  # texts in one request (OpenAI allows 2,048; each costs a forw
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     input: str | list[str] = Field(description="A text or a list of texts (token arrays are not taken: send text).")
-    model: str = Field(description="The embedder's name, as `GET /v1/models` does not list it: see the error for it.")
+    model: str = Field(description="The embedder's name: `GET /v1/models` lists it with `kind` embedding.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="Must be the embedder's own dimension if sent.")
     user: str | None = None

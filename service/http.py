@@ -102,20 +102,46 @@ FILES_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data
 }}}}}
 
 
+MAX_NAME_BYTES = 255  # a file name's limit on Linux file systems
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a file name cannot be written as it is (None: it can)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a file name may not hold control characters (NUL, newline...)"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "a file name must be valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"a file name of {size} bytes; the limit is {MAX_NAME_BYTES}"
+    return None
+
+
 async def receive_files(
-    request: Request, folder: Path, limit: int, max_files: int, what: str, refuse: Callable[[str], str | None],
+    request: Request, folder: Path, service: ServiceSettings, max_files: int, what: str, refuse: Callable[[str], str | None],
 ) -> list[Path]:
     """The files of a multipart upload (one `files` part each), written into a new `folder` by
-    their names alone; `refuse(name)` says why a name is not taken (None: it is). At most `limit`
-    bytes in all (setting service.max_upload_bytes), sent with a Content-Length. On any error
-    nothing is left behind."""
-    declared = request.headers.get("content-length", "")
+    their names alone; `refuse(name)` says why a name is not taken (None: it is). At most
+    `service.max_upload_bytes` in all, sent with a Content-Length, received within
+    `service.upload_timeout_seconds`. On any error nothing is left behind."""
+    declared, limit = request.headers.get("content-length", ""), service.max_upload_bytes
     if not declared.isdigit():
         raise UsageError("send the upload with a Content-Length (no chunked uploads)", param="files")
     if int(declared) > limit:
         raise RequestTooLarge(f"the upload has {declared} bytes; the limit is {limit} (setting service.max_upload_bytes)")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType(f"send the {what} as multipart/form-data, one `files` part per file")
+    try:
+        async with asyncio.timeout(service.upload_timeout_seconds):
+            return await _write_files(request, folder, max_files, refuse)
+    except TimeoutError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RequestTimeout(f"the upload did not arrive within {service.upload_timeout_seconds} s "
+                             "(setting service.upload_timeout_seconds)") from None
+
+
+async def _write_files(request: Request, folder: Path, max_files: int, refuse: Callable[[str], str | None]) -> list[Path]:
     try:
         form = await request.form(max_files=max_files, max_fields=0)
     except HTTPException as exc:  # the multipart parser's own refusals: too many files, a field that is not a file
@@ -126,9 +152,9 @@ async def receive_files(
     try:
         for _, upload in form.multi_items():
             name = Path(getattr(upload, "filename", None) or "").name
-            why = refuse(name)
+            why = _name_problem(name) or refuse(name)
             if why is not None:
-                raise UsageError(f"{name!r}: {why}", param="files")
+                raise UsageError(f"{name[:80]!r}: {why}", param="files")
             if (folder / name).exists():
                 raise UsageError(f"{name!r} is in this upload twice", param="files")
             with open(folder / name, "wb") as target:

@@ -6,9 +6,9 @@ JSONL records included), takes the collection's writer lock at once (a second wr
 409), answers 202 with a job, and ingests in the background; `GET /admin/jobs/{id}` shows its
 progress (files read, chunks embedded) and, when done, the per-file report (what was added,
 replaced, left unchanged, or skipped and why). The service reads the new version on its next
-reload check, without a restart. Uploaded files are kept under the collection's `uploads/`,
-one folder per upload; a document's id is its file name, so uploading a file of the same name
-again replaces it.
+reload check, without a restart. An upload's files wait in the collection's `uploads/`, one
+folder per upload, only while its job runs: the index keeps their text, not the files. A
+document's id is its file name, so uploading a file of the same name again replaces it.
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ def _jobs(request: Request) -> Jobs:
 async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -> JSONResponse:
     collections.check_name(name)
     directory = collections.directory(settings.index, name)
-    folder = directory / "uploads" / uuid.uuid4().hex[:16]
-    paths = await receive_files(request, folder, settings.service.max_upload_bytes, MAX_FILES, "documents",
+    uploads = directory / "uploads"
+    folder = uploads / uuid.uuid4().hex[:16]
+    paths = await receive_files(request, folder, settings.service, MAX_FILES, "documents",
                                 lambda file: "every part needs a file name, not a hidden one" if not file or file.startswith(".") else None)
     ingestor = Ingestor(settings, rag.retriever.embedder)
     job = Job(name, len(paths))
@@ -129,13 +130,15 @@ async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -
             return
         loop.call_soon_threadsafe(locked.set_result, None)
         try:
-            report = ingestor.ingest([str(p) for p in paths], directory, root=folder, progress=job, writer=writer)
+            _sweep(uploads, folder, settings.service.upload_timeout_seconds)
+            report = ingestor.ingest([str(p) for p in paths], directory, root=folder, progress=job, writer=writer, by_id=True)
             job.report, job.status = report.as_dict(), "done"
         except Exception as exc:  # reported on the job; the previous version stays served
             log.exception("ingest job %s failed", job.id)
             job.error, job.status = str(exc) or type(exc).__name__, "failed"
         finally:
             writer.__exit__(None, None, None)
+            shutil.rmtree(folder, ignore_errors=True)
             job.finished = time.monotonic()
 
     threading.Thread(target=run, name=f"ragtune-ingest-{job.id}", daemon=True).start()
@@ -146,6 +149,19 @@ async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -
         raise
     _jobs(request).add(job)
     return JSONResponse(job.view().model_dump(), status_code=202, headers={"Location": f"/admin/jobs/{job.id}"})
+
+
+def _sweep(uploads, keep, older_than: float) -> None:
+    """Remove what earlier uploads left in `uploads` (a job killed with its process): with the
+    collection's writer lock held no other job runs, and a folder still being received is younger
+    than the upload timeout."""
+    cutoff = time.time() - older_than
+    for stale in uploads.iterdir():
+        try:
+            if stale != keep and stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
 
 
 @router.get("/jobs/{job_id}")
@@ -170,9 +186,9 @@ async def sources(name: str, settings: Config) -> dict:
 @router.delete("/collections/{name}/documents/{target:path}")
 async def remove(name: str, target: str, rag: Pipeline, settings: Config) -> dict:
     """Remove a source (an uploaded file, by its name) with its documents and chunks, or one
-    document by its id (a JSONL record: `faq.jsonl#q1`)."""
+    document by its id (a JSONL record: `faq.jsonl#q1`): only what the name matches exactly."""
     directory = collections.existing(settings.index, name)
-    report = await asyncio.to_thread(Ingestor(settings, rag.retriever.embedder).remove, [target], directory)
+    report = await asyncio.to_thread(Ingestor(settings, rag.retriever.embedder).remove, [target], directory, exact=True)
     if not report.removed:
         raise NotFound(f"nothing in collection {name!r} matches {target!r}; GET /admin/collections/{name}/sources lists them")
     return report.as_dict()

@@ -1,4 +1,5 @@
-"""`GET /v1/models`: the base model, then every published adapter a request may name."""
+"""`GET /v1/models`: the base model, every published adapter a request may name, and the
+embedder `/v1/embeddings` answers with."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ async def _cards(request: Request, rag: Pipeline, sync: Sync, settings: Config) 
     created = {a.name: _unix(a.updated) for a in adapters} | {settings.generation.model: request.app.state.started}
     version = store.current_version(settings.index.dir)
     warnings = {name: w for name in sync.details if (w := sync.lineage(name, version))}
-    return model_cards(rag.generator.models(), created, warnings)
+    return model_cards(rag.generator.models(), created, warnings, embedder=rag.retriever.embedder.name)
 
 
 @router.get("/v1/models")
@@ -36,7 +37,7 @@ async def models(cards: list[ModelCard] = Depends(_cards)) -> ModelList:
 async def model(model: str, cards: list[ModelCard] = Depends(_cards)) -> ModelCard:
     card = next((c for c in cards if c.id == model), None)
     if card is None:
-        raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model and adapters")
+        raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model, adapters and embedder")
     return card
 
 

@@ -26,6 +26,14 @@ class PromptTooLong(ContextLengthExceeded):
     """The question and history alone do not fit the model's context window."""
 
 
+def over_window(window: int, prompt: int, answer: int, fix: str) -> str:
+    """A prompt over the window, worded as OpenAI and vLLM word it: clients (litellm's context-window
+    fallbacks, LangChain's trimming) recognise the error by these words."""
+    return (f"This model's maximum context length is {window} tokens. However, you requested {prompt + answer} tokens "
+            f"({prompt} in the messages, {answer} in the completion). Please reduce the length of the messages or "
+            f"completion: {fix}.")
+
+
 @dataclass
 class Passage:
     hits: list[Hit]  # first = the most relevant; more when neighbouring chunks were merged
@@ -119,10 +127,8 @@ class Packer:
         window = self.counter.context_window
         tokens = self.counter.count_chat_tokens(messages)
         if tokens + answer_tokens > window:
-            raise PromptTooLong(
-                f"the prompt takes {tokens} tokens and the answer may take {answer_tokens}, but the model's window "
-                f"is {window}; shorten the conversation or lower max_tokens", param="messages",
-            )
+            raise PromptTooLong(over_window(window, tokens, answer_tokens, "shorten the conversation or lower max_tokens"),
+                                param="messages")
         return tokens
 
     def fit_history(

@@ -13,7 +13,7 @@ from ragtune.settings import Settings
 from service import answerable
 from service.generation.base import STRUCTURED_FIELDS, Completion, GenerationParams, Generator, Messages, StreamEvent, TokenCounter
 from service.fewshot import Demonstrations
-from service.packing import Ledger, Packer, Passage
+from service.packing import Ledger, Packer, Passage, over_window
 from service.schema import Citation, RetrievalOptions, Usage
 from indexer.collections import DEFAULT as DEFAULT_COLLECTION
 from service.retrieval import Filters, Retriever, Retrievers
@@ -102,10 +102,8 @@ class RagPipeline:
         options = options or RetrievalOptions()
         window = self.packer.counter.context_window
         if answer_tokens >= window:
-            raise ContextLengthExceeded(
-                f"max_tokens {answer_tokens} leaves no room for a prompt in the model's window of {window} tokens; "
-                "ask for fewer", param="max_tokens",
-            )
+            raise ContextLengthExceeded(over_window(window, 0, answer_tokens, f"max_tokens {answer_tokens} leaves no "
+                                                    "room for a prompt; ask for fewer"), param="max_tokens")
         if not options.enabled:
             started = time.perf_counter()
             history, dropped = self.packer.fit_history(question, history, system, answer_tokens, tail, 0)

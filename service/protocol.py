@@ -15,13 +15,16 @@ from service.schema import STRICT, RetrievalOptions
 
 
 INT64 = 2**63  # seeds are 64-bit signed integers, as vLLM and torch take them
+# The engines compute in float32, where a smaller top_p or repetition penalty is 0 (which they refuse) or
+# scales logits past float32's range.
+SMALLEST_FACTOR = 1e-6
 
 
 class SamplingFields(BaseModel):
     model_config = STRICT
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=SMALLEST_FACTOR, le=1)
     seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stop: str | list[str] | None = None
     frequency_penalty: float | None = Field(
@@ -32,7 +35,7 @@ class SamplingFields(BaseModel):
         None, ge=-2, le=2, description="Subtracted once from a token's logit if it is already in the answer.",
     )
     repetition_penalty: float | None = Field(
-        None, gt=0, le=2, description="ragtune and vLLM extension: above 1 discourages tokens of the prompt and the "
+        None, ge=SMALLEST_FACTOR, le=2, description="ragtune and vLLM extension: above 1 discourages tokens of the prompt and the "
         "answer alike (default: the setting generation.repetition_penalty).",
     )
 

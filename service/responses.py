@@ -185,6 +185,8 @@ class ModelCard(BaseModel):
     owned_by: str = "ragtune"
     parent: str | None = Field(None, description="An adapter's base model (as vLLM marks LoRA models).")
     warning: str | None = Field(None, description="ragtune extension: an adapter trained over another index version.")
+    kind: Literal["generation", "embedding"] = Field(
+        "generation", description="ragtune extension: what the model is for: chat and completions, or /v1/embeddings.")
 
 
 class ModelList(BaseModel):
@@ -192,12 +194,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def model_cards(names: list[str], created: dict[str, int], warnings: dict[str, str] | None = None) -> list[ModelCard]:
-    """The base model first, then its adapters. `created`: Unix times by name (an adapter's
-    publish time; the base model's load time); `warnings`: lineage warnings by name."""
+def model_cards(
+    names: list[str], created: dict[str, int], warnings: dict[str, str] | None = None, embedder: str | None = None,
+) -> list[ModelCard]:
+    """The base model first, then its adapters, then the embedder (`kind` embedding). `created`:
+    Unix times by name (an adapter's publish time; the base model's and embedder's load time);
+    `warnings`: lineage warnings by name."""
     warnings = warnings or {}
-    return [ModelCard(id=n, created=created.get(n, 0), parent=names[0] if i else None, warning=warnings.get(n))
-            for i, n in enumerate(names)]
+    cards = [ModelCard(id=n, created=created.get(n, 0), parent=names[0] if i else None, warning=warnings.get(n))
+             for i, n in enumerate(names)]
+    if embedder is not None:
+        cards.append(ModelCard(id=embedder, created=created.get(names[0], 0), kind="embedding"))
+    return cards
 
 
 # -- errors ---------------------------------------------------------------------------------

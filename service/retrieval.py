@@ -44,9 +44,10 @@ class Filters:
             clauses.append(f"c.doc_id IN ({','.join('?' * len(self.doc_ids))})")
             args += list(self.doc_ids)
         if self.source_prefix:
-            clauses.append("(s.path LIKE ? ESCAPE '\\' OR c.source_id LIKE ? ESCAPE '\\')")
-            escaped = self.source_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            args += [escaped, escaped]
+            # a plain comparison of the first characters: no pattern to escape or to grow too complex
+            clauses.append("(substr(s.path, 1, ?) = ? OR substr(c.source_id, 1, ?) = ?)")
+            size = len(self.source_prefix)
+            args += [size, self.source_prefix, size, self.source_prefix]
         for key, value in self.metadata.items():
             clauses.append("json_extract(d.metadata, ?) = ?")
             args += [f"$.{json.dumps(key)}", value]

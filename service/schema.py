@@ -20,7 +20,7 @@ class RetrievalOptions(BaseModel):
     min_score: float | None = Field(None, ge=-1, le=1)
     hybrid: bool | None = Field(None, description="Fuse BM25 with dense results (default: setting retrieval.hybrid).")
     doc_ids: list[str] = Field(default_factory=list, description="Only these documents.")
-    source_prefix: str | None = Field(None, description="Only sources whose path or id starts with this.")
+    source_prefix: str | None = Field(None, max_length=4096, description="Only sources whose path or id starts with this.")
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Exact metadata matches.")
     fewshot_k: int | None = Field(
         None, ge=0, le=6, description="Few-shot demonstrations to show (default: setting fewshot.k when fewshot.file is set)."

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from ragtune.registry import AdapterInvalid, Registry, check_name, validate_adapter
@@ -139,3 +140,99 @@ def test_an_adapter_trained_elsewhere_is_imported_by_the_cli_and_checked_against
     refused = run_ragtune("adapters", "add", str(exported), "--name", "bad", "--adapters-dir", str(tmp_path / "reg"))
     assert refused.returncode == 2 and "do not match rank r = 8" in refused.stderr
     assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
+
+
+def _raw_safetensors(path, entries: dict, data: bytes) -> None:
+    """A safetensors file written by hand: `entries` is its header as given, `data` its bytes."""
+    header = json.dumps(entries).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+A, B = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+
+
+@pytest.mark.parametrize("entries, size, problem", [
+    # 4 bytes for a [8, 576] F32 tensor: an engine reading its shape would read past the file
+    ({A: {"dtype": "F32", "shape": [8, 576], "data_offsets": [0, 4]}}, 4, "18432 bytes, but the header gives it 4"),
+    ({A: {"dtype": "I64", "shape": [8, 576], "data_offsets": [0, 36864]}}, 36864, "adapter weights are one of"),
+    ({A: {"dtype": "Q4", "shape": [8, 576], "data_offsets": [0, 18432]}}, 18432, "not a safetensors dtype"),
+    ({A: {"dtype": "F32", "shape": [8, 576], "data_offsets": [0, 18432]},
+      B: {"dtype": "F32", "shape": [576, 8], "data_offsets": [0, 18432]}}, 18432, "may not overlap"),
+    ({A: {"dtype": "F32", "shape": [8, 576], "data_offsets": [16, 18448]}}, 18448, "may not overlap or leave gaps"),
+])
+def test_byte_ranges_must_be_the_tensors_shapes_and_dtypes(tmp_path, entries, size, problem):
+    adapter = fake_adapter(tmp_path / "a", target_modules=["q_proj"])
+    _raw_safetensors(adapter / "adapter_model.safetensors", entries, bytes(size))
+    with pytest.raises(AdapterInvalid, match=problem):
+        validate_adapter(adapter, BASE, 64)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_a_lora_alpha_that_is_not_finite_is_refused(tmp_path, alpha):
+    with pytest.raises(AdapterInvalid, match="positive, finite number"):
+        validate_adapter(fake_adapter(tmp_path / "a", lora_alpha=alpha), BASE, 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_weights_holding_nan_or_infinity_are_refused(tmp_path, dtype, bad):
+    tensors = {k: v.astype(dtype) for k, v in lora_tensors(8).items()}
+    next(iter(tensors.values()))[3, 5] = bad
+    with pytest.raises(AdapterInvalid, match="NaN or infinite"):
+        validate_adapter(fake_adapter(tmp_path / "a", tensors=tensors), BASE, 64)
+
+
+def test_bf16_weights_holding_nan_are_refused(tmp_path):
+    """bfloat16 is float32's top half: NaN keeps all its exponent bits."""
+    from safetensors.torch import save_file
+    import torch
+
+    tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in lora_tensors(8).items()}
+    adapter = fake_adapter(tmp_path / "a")
+    assert validate_adapter(adapter, BASE, 64)
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    assert validate_adapter(adapter, BASE, 64)  # finite bf16 passes
+    next(iter(tensors.values()))[0, 0] = float("nan")
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(AdapterInvalid, match="NaN or infinite"):
+        validate_adapter(adapter, BASE, 64)
+
+
+def test_a_regex_that_backtracks_without_end_is_refused_while_the_process_goes_on(tmp_path):
+    """`(?:a|a)+b` against a 28-letter module name backtracks for minutes; the check gives the pattern half
+    a second in all, lets other threads run meanwhile, and says what to do."""
+    import threading
+    import time
+
+    name = "a" * 28
+    tensors = {f"base_model.model.{name}.lora_A.weight": np.zeros((8, 576), np.float32),
+               f"base_model.model.{name}.lora_B.weight": np.zeros((576, 8), np.float32)}
+    adapter = fake_adapter(tmp_path / "a", tensors=tensors, target_modules="(?:a|a)+b")
+    ticks = []
+    ticker = threading.Thread(target=lambda: [ticks.append(time.sleep(0.01)) for _ in range(100)])
+    started = time.perf_counter()
+    ticker.start()
+    with pytest.raises(AdapterInvalid, match="list the module names"):
+        validate_adapter(adapter, BASE, 64)
+    during = len(ticks)
+    assert time.perf_counter() - started < 2
+    assert during >= 20, f"another thread ran {during} times in the half second: the match held the GIL"
+    ticker.join()
+
+
+def test_a_regex_target_modules_is_stored_as_the_modules_it_names(tmp_path):
+    """The registry keeps the list the pattern resolved to: PEFT and vLLM never run an uploaded pattern
+    (Python's re takes seconds on `(a+)+b` against a long name, holding the whole process)."""
+    adapter = fake_adapter(tmp_path / "a", target_modules=r".*\.(q_proj|v_proj)")
+    base = fake_base_model(tmp_path / "base")
+    added = Registry(AdapterSettings(dir=tmp_path / "reg"), BASE, base).add("regex", adapter)
+    stored = json.loads((added.path / "adapter_config.json").read_text())["target_modules"]
+    assert stored == [f"model.layers.{l}.self_attn.{m}" for l in (0, 1) for m in ("q_proj", "v_proj")]
+    assert validate_adapter(added.path, BASE, 64, base)["target_modules"] == stored  # and it still passes
+
+
+def test_a_config_nested_too_deeply_is_refused(tmp_path):
+    adapter = fake_adapter(tmp_path / "a")
+    (adapter / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AdapterInvalid, match="nested too deeply"):
+        validate_adapter(adapter, BASE, 64)

@@ -165,7 +165,8 @@ def test_completions_and_embeddings(client, oai):
 
 def test_models_are_listed_and_an_unknown_one_is_a_404(client, oai):
     listed = ModelList.model_validate(client.get("/v1/models").json())
-    assert [m.id for m in listed.data] == [MODEL] and listed.data[0].created > 0
+    assert [(m.id, m.kind) for m in listed.data] == [(MODEL, "generation"), (FakeEmbedder.name, "embedding")]
+    assert listed.data[0].created > 0
     assert oai.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError) as caught:
         oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])

@@ -42,7 +42,7 @@ def served(tmp_path, squad):
 def test_an_adapter_trained_over_another_index_version_is_flagged(served, caplog):
     client, version = served
     caplog.set_level(logging.WARNING, logger="ragtune.adapters")
-    cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
+    cards = {c["id"]: c for c in client.get("/v1/models").json()["data"] if c["kind"] == "generation"}
     assert set(cards) == {BASE, "stale", "fresh"}
     assert "20260101T000000-aaaaaa" in cards["stale"]["warning"] and version in cards["stale"]["warning"]
     assert cards["fresh"]["warning"] is None and cards[BASE]["warning"] is None

@@ -5,6 +5,7 @@ schema (it can still end early at max_tokens, with finish_reason "length", as wi
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 
@@ -24,7 +25,28 @@ def check_response_format(value: dict) -> dict | None:
     spec = value.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema", {}), dict):
         raise UsageError("response_format.json_schema: needs a name and a schema object", param="response_format.json_schema")
-    return spec.get("schema", {})
+    schema = spec.get("schema", {})
+    problem = _schema_problem(json.dumps(schema or {"type": "object"}, sort_keys=True))
+    if problem:
+        raise UsageError(f"response_format.json_schema.schema: the schema cannot be enforced: {problem}",
+                         param="response_format.json_schema.schema")
+    return schema
+
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[13:30:15] /project/cpp/x.cc:94: "
+
+
+def _schema_problem(schema: str) -> str | None:
+    """Why xgrammar cannot turn this schema into a grammar (None: it can): the step both engines run,
+    transformers through xgrammar here, OpenVINO GenAI through its own copy of it, which would fail
+    mid-request instead."""
+    import xgrammar as xgr
+
+    try:
+        xgr.Grammar.from_json_schema(schema, any_whitespace=False)
+    except Exception as exc:  # xgrammar raises RuntimeError with its C++ log line
+        return _LOG_PREFIX.sub("", str(exc).strip().splitlines()[0])[:300] or type(exc).__name__
+    return None
 
 
 class JsonConstraints:

@@ -38,7 +38,7 @@ function status(text, error = false) {
 // -- models and collections ------------------------------------------------------------
 async function loadChoices() {
   try {
-    const models = (await (await api("/v1/models")).json()).data;
+    const models = (await (await api("/v1/models")).json()).data.filter((m) => m.kind !== "embedding");
     $("model").replaceChildren(...models.map((m) => element("option", { value: m.id, text: m.parent ? `${m.id} (adapter)` : m.id })));
     const collections = (await (await api("/v1/collections")).json()).data;
     const chosen = $("collection").value;
