@@ -20,7 +20,8 @@ import numpy as np
 
 from indexer.chunking import Chunk, Chunker
 from indexer.embedder import Embedder
-from indexer.loaders import SUPPORTED_SUFFIXES, Document, LoadError, load_file
+from indexer.loaders import SUPPORTED_SUFFIXES, Document, LoadError
+from indexer.parsing import IsolatedParser
 from indexer.store import EmbedderIdentity
 from indexer.writer import IndexWriter
 from ragtune.errors import UsageError
@@ -160,13 +161,14 @@ class Ingestor:
         files, directories = discover(paths)
         report = IngestReport()
         progress.start(len(files))
-        with nullcontext(writer) if writer is not None else self.writer(directory) as writer:
+        parser = IsolatedParser(self.settings.index, self.settings.records)
+        with nullcontext(writer) if writer is not None else self.writer(directory) as writer, parser:
             seen: set[str] = set()
             pending: list[_Pending] = []
             for path in files:
                 source_id = self.source_id(path, root)
                 seen.add(source_id)
-                item = self._prepare(path, source_id, writer, report, by_id)
+                item = self._prepare(path, source_id, writer, report, by_id, parser)
                 progress.read(len(item.chunks) if item else 0)
                 if item is not None:
                     pending.append(item)
@@ -184,7 +186,9 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, path: Path, source_id: str, writer: IndexWriter, report: IngestReport, by_id: bool) -> _Pending | None:
+    def _prepare(
+        self, path: Path, source_id: str, writer: IndexWriter, report: IngestReport, by_id: bool, parser: IsolatedParser,
+    ) -> _Pending | None:
         shown = source_id if by_id else str(path)
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             report.skipped.append((shown, f"unsupported file type {path.suffix or '(none)'!r}"))
@@ -205,7 +209,7 @@ class Ingestor:
             report.unchanged.append(shown)
             return None
         try:
-            documents, warnings = load_file(path, data, source_id, self.settings.records)
+            documents, warnings = parser.load(path, data, source_id)
         except LoadError as exc:
             kept = " (the previously indexed version is kept)" if previous else ""
             report.skipped.append((shown, f"{exc}{kept}"))

@@ -111,6 +111,21 @@ class IndexSettings(BaseModel):
     max_file_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Larger files are skipped with their reason (a corpus file, or an upload)."
     )
+    # A small file can unpack into far more text, time or memory than its size: each file is parsed
+    # in a worker process within these (indexer/parsing.py), and skipped with the reason past one.
+    max_file_chars: int = Field(
+        10_000_000, ge=1,
+        description="Most characters of text one file may hold once parsed (about 2,500 pages); more is skipped with its "
+        "reason. Bounds the chunks, memory and embedding time one file can cost.",
+    )
+    max_parse_seconds: float = Field(
+        60.0, gt=0, description="Longest time parsing one file may take; then its parser is stopped and the file skipped."
+    )
+    max_parse_memory_bytes: int = Field(
+        2 * 1024**3, ge=64 * 1024**2,
+        description="Memory the parser of one file may take on top of its own; past it the file is skipped. The "
+        "parser runs in a worker process that is replaced when it grows, so the ingest stays flat.",
+    )
 
 
 DEFAULT_SYSTEM_PROMPT = (

@@ -80,3 +80,11 @@ def serving(index: Path, log_dir: Path, **env: str) -> Iterator[Server]:
     cmd = ragtune_cmd("serve", "--index-dir", str(index), "--port", str(port))
     with Server(cmd, port, log_dir / "server.log", ragtune_env(**env)) as served:
         yield served.start("/ready")
+
+
+def raw_multipart(name: bytes, data: bytes) -> tuple[bytes, dict]:
+    """A one-file multipart body written byte by byte (clients escape control characters in a file
+    name; a hostile one need not), and its content type."""
+    body = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="' + name + b'"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--b0undary--\r\n")
+    return body, {"content-type": "multipart/form-data; boundary=b0undary"}

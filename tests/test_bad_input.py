@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from tests.adapters import fake_adapter
+from tests.helpers import raw_multipart
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CLIENT = {"Authorization": "Bearer client-key"}
@@ -107,6 +108,18 @@ CASES = [
     ("/ask", json.dumps(ask()).encode(), {"content-type": "text/plain"}, 415, None, "unsupported_media_type", "JSON"),
     ("/ask", b"{}", {"content-type": ""}, 415, None, "unsupported_media_type", "Content-Type"),
     ("/ask", json.dumps(ask(question="x " * 600_000)).encode(), {}, 413, None, "request_too_large", "max_body_bytes"),
+    # values the engines' float32 makes 0
+    ("/ask", ask(top_p=1e-300), {}, 400, "top_p", "invalid_value", "greater than or equal to 0.000001"),
+    ("/v1/chat/completions", chat(repetition_penalty=1e-300), {}, 400, "repetition_penalty", "invalid_value", "0.000001"),
+    ("/v1/chat/completions", chat(repetition_penalty=5e-324), {}, 400, "repetition_penalty", "invalid_value", "0.000001"),
+    ("/ask", ask(filters={"source_prefix": "s" * 50_001}), {}, 400, "filters.source_prefix", "invalid_value", "at most 4096"),
+    *[("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}),
+       {}, 400, "response_format.json_schema.schema", "invalid_value", fragment)
+      for schema, fragment in (({"type": "nope"}, 'Unsupported type "nope"'), ({"$ref": "#/defs/nothing"}, "Cannot find"),
+                               ({"type": "string", "pattern": "(["}, "Unclosed"),
+                               ({"type": "string", "pattern": "(a)\\1"}, "Backreference"),
+                               ({"type": "array", "minItems": 5, "maxItems": 2}, "minItems is greater than maxItems"))],
+    ("/v1/responses", {"model": MODEL, "input": "Where is Normandy?"}, {}, 404, None, "not_found", "POST /v1/chat/completions"),
 ]
 
 
@@ -161,6 +174,10 @@ def test_auth_and_method_errors_carry_their_headers(client):
 
 
 @pytest.mark.slow
+def lora_weights(adapter) -> tuple[str, bytes]:
+    return "adapter_model.safetensors", (adapter / "adapter_model.safetensors").read_bytes()
+
+
 def test_adapter_uploads_are_checked_before_they_enter_the_registry(client, tmp_path):
     adapter = fake_adapter(tmp_path / "a")
 
@@ -174,6 +191,12 @@ def test_adapter_uploads_are_checked_before_they_enter_the_registry(client, tmp_
     assert stray.status_code == 400 and error_of(stray)["param"] == "files"
     newline = upload("abc%0A", [config])
     assert newline.status_code == 400 and "not allowed" in error_of(newline)["message"]
+    for name, why in ((b"a\x00b.json", "control characters"), (b"n" * 256, "256 bytes; the limit is 255")):
+        body, headers = raw_multipart(name, b"{}")
+        odd = client.put("/admin/adapters/odd", headers={**ADMIN, **headers}, content=body)
+        assert odd.status_code == 400 and why in error_of(odd)["message"], odd.text
+    deep = upload("deep", [("adapter_config.json", b"[" * 100_000 + b"]" * 100_000), lora_weights(adapter)])
+    assert deep.status_code == 400 and "nested too deeply" in error_of(deep)["message"], deep.text
     assert client.get("/admin/adapters", headers=ADMIN).json()["adapters"] == []
     assert not list((client.app.state.adapter_sync.registry.root / ".uploads").glob("*"))  # nothing left behind
     still_answers(client)

@@ -4,12 +4,14 @@ with the fake models; the ingest code, the index files and the lock are the real
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from indexer.fake import FakeEmbedder
+from tests.helpers import raw_multipart
 
 MODEL = "fake-model"
 ADMIN = {"Authorization": "Bearer admin-key"}
@@ -107,3 +109,56 @@ def test_one_record_of_a_jsonl_upload_is_removed_by_its_document_id(client):
     assert again["report"]["replaced"]
     listed = client.get("/admin/collections/faq/sources", headers=ADMIN).json()["sources"]
     assert [(s["source_id"], s["documents"]) for s in listed] == [("faq.jsonl", 2)]
+
+
+def test_a_delete_matches_one_exact_source_or_document_never_a_path_prefix(client):
+    finished(client, upload(client, "kb", [("a.md", b"# A\n\nAlpha text."), ("b.md", b"# B\n\nBravo text.")]))
+    for target in ("%2F", "%2Fa.md", "a", "*", "kb", "a.m"):
+        refused = client.delete(f"/admin/collections/kb/documents/{target}", headers=ADMIN)
+        assert refused.status_code == 404, (target, refused.text)
+    listed = client.get("/admin/collections/kb/sources", headers=ADMIN).json()["sources"]
+    assert sorted(s["source_id"] for s in listed) == ["a.md", "b.md"]
+
+
+def test_uploaded_files_are_not_kept_and_sources_show_no_server_path(client):
+    uploads = client.settings.index.collections_dir / "kb" / "uploads"
+    job = finished(client, upload(client, "kb", [("a.md", b"# A\n\nAlpha text."), ("skip.exe", b"MZ binary")]))
+    assert job["report"]["added"] == ["a.md"] and job["report"]["skipped"][0]["path"] == "skip.exe"
+    finished(client, upload(client, "kb", [("a.md", b"# A\n\nAlpha text, replaced.")]))
+    assert not any(uploads.iterdir())  # neither the replaced file, the skipped one nor the new one stays
+    [source] = client.get("/admin/collections/kb/sources", headers=ADMIN).json()["sources"]
+    assert source["path"] == "a.md"
+    citation = client.post("/ask", json={"question": "alpha", "collection": "kb"}).json()["citations"][0]
+    assert citation["source"] == "a.md"
+
+    stale = uploads / "0123456789abcdef"  # what a job killed with its process leaves
+    stale.mkdir()
+    (stale / "left.md").write_text("left behind")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    client.settings.service.upload_timeout_seconds = 600
+    finished(client, upload(client, "kb", [("b.md", b"# B\n\nBravo text.")]))
+    assert not stale.exists()
+    assert client.delete("/admin/collections/kb/documents/b.md", headers=ADMIN).status_code == 200
+
+
+def raw_upload(client, collection: str, name: bytes, data: bytes):
+    body, headers = raw_multipart(name, data)
+    return client.post(f"/admin/collections/{collection}/documents", content=body, headers={**ADMIN, **headers})
+
+
+@pytest.mark.parametrize("name, why", [(b"a\x00b.md", "control characters"), (b"x" * 253 + b".md", "256 bytes; the limit is 255"),
+                                       ("\u00e9".encode() * 128 + b".md", "259 bytes; the limit is 255")])
+def test_file_names_that_cannot_be_files_are_refused(client, name, why):
+    refused = raw_upload(client, "kb", name, b"# A\n\nAlpha text.")
+    assert refused.status_code == 400 and why in refused.json()["error"]["message"], refused.text
+    uploads = client.settings.index.collections_dir / "kb" / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_a_record_that_is_not_text_is_skipped_and_the_rest_goes_in(client):
+    records = b'{"id": "q1", "text": "Expenses are paid monthly."}\n{"id": "q2", "text": "bad \\ud800"}\n'
+    job = finished(client, upload(client, "faq", [("faq.jsonl", records), ("note.md", NOTE.encode())]))
+    assert job["status"] == "done" and sorted(job["report"]["added"]) == ["faq.jsonl", "note.md"]
+    assert any("unpaired surrogate" in w["message"] for w in job["report"]["warnings"])
+    listed = client.get("/admin/collections/faq/sources", headers=ADMIN).json()["sources"]
+    assert sorted((s["source_id"], s["documents"]) for s in listed) == [("faq.jsonl", 1), ("note.md", 1)]

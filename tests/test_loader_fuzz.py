@@ -167,3 +167,87 @@ def test_a_long_single_line_is_chunked_in_linear_time(tmp_path, embedder):
     assert seconds[1] < 3 * seconds[0], seconds
     nonspace = load_file(Path("x.txt"), b"x" * 1_000_000, "x", RecordSettings())[0][0]
     assert max(len(c.text) for c in chunker.chunk(nonspace)) <= 200 * 12  # one [UNK] token, not one 1 MB chunk
+
+
+def inflating_pdf(chars: int) -> bytes:
+    """A PDF of a few kilobytes whose one compressed content stream holds `chars` characters of text."""
+    import zlib
+
+    text = ("(" + "tide " * 200 + ") Tj T* ") * (chars // 1000)
+    stream = zlib.compress(f"BT /F1 10 Tf 72 720 Td 12 TL {text} ET".encode(), 9)
+    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 612 792]/Resources<</Font<</F1 5 0 R>>>>/Contents 4 0 R>>",
+               b"<</Length %d/Filter/FlateDecode>>stream\n" % len(stream) + stream + b"\nendstream",
+               b"<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1) + b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return bytes(out + b"trailer<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+
+
+def many_paragraphs_docx(paragraphs: int) -> bytes:
+    """A .docx written by hand (python-docx builds one this size for minutes): one body of `paragraphs`
+    one-letter paragraphs, a few dozen kilobytes zipped."""
+    main = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+    namespace = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    relation = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+                   'content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+                   f'relationships+xml"/><Override PartName="/word/document.xml" ContentType="{main}"/></Types>')
+        z.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/'
+                   f'2006/relationships"><Relationship Id="r1" Type="{relation}" Target="word/document.xml"/></Relationships>')
+        z.writestr("word/document.xml", f'<?xml version="1.0"?><w:document xmlns:w="{namespace}"><w:body>'
+                   + "<w:p><w:r><w:t>x</w:t></w:r></w:p>" * paragraphs + "</w:body></w:document>")
+    return buffer.getvalue()
+
+
+def amplifying() -> dict[str, bytes]:
+    """Files far smaller than what they cost to parse: inside index.max_file_bytes, over the rest."""
+    nested = "".join("  " * depth + f"- item {depth}\n\n" for depth in range(40))
+    return {
+        "inflating.pdf": inflating_pdf(2_000_000),  # ~6 KB: two million characters of text
+        "paragraphs.docx": many_paragraphs_docx(200_000),  # python-docx takes minutes over it
+        "nested.rst": (nested * 4_500).encode(),  # 9 MB of nested lists: docutils takes a minute and ~0.8 GB
+        "long.txt": b"word " * 600_000,  # 3 MB of plain text
+        "bad-record.jsonl": b'{"id": "ok", "text": "A good record about tides."}\n{"id": "bad", "text": "bad \\ud800"}\n'
+                            b'{"id": "bad\\udfff", "text": "a bad id"}\n',
+    }
+
+
+@pytest.mark.slow
+def test_files_that_amplify_are_skipped_within_the_limits_and_memory_stays_flat(tmp_path, ingestor, settings):
+    """Each file is parsed in a worker within index.max_file_chars, max_parse_seconds and
+    max_parse_memory_bytes; the ingesting process does not grow with what the files cost."""
+    import time
+
+    import psutil
+
+    from indexer.snapshot import IndexSnapshot
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, data in {**amplifying(), "good.md": b"# Tides\n\nSpring tides come twice a month."}.items():
+        (folder / name).write_bytes(data)
+    settings.index.max_file_chars, settings.index.max_parse_seconds = 1_000_000, 5
+    settings.index.max_parse_memory_bytes = 512 * 2**20
+    process = psutil.Process()
+    before = process.memory_info().rss
+    started = time.perf_counter()
+    report = ingestor.ingest([str(folder)], settings.index.dir)
+    seconds = time.perf_counter() - started
+    grown = (process.memory_info().rss - before) / 2**20
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    assert "index.max_file_chars" in reasons["inflating.pdf"] and "index.max_file_chars" in reasons["long.txt"]
+    assert "index.max_parse_seconds" in reasons["paragraphs.docx"]
+    assert "index.max_parse_memory_bytes" in reasons["nested.rst"] or "index.max_parse_seconds" in reasons["nested.rst"]
+    assert sorted(Path(p).name for p in report.added) == ["bad-record.jsonl", "good.md"]
+    assert sum("unpaired surrogate" in m for _, m in report.warnings) == 2
+    texts = " ".join(c.text for c in IndexSnapshot(settings.index.dir).all_chunks())
+    assert "Spring tides" in texts and "A good record about tides" in texts
+    assert seconds < 60, seconds
+    assert grown < 150, f"the ingesting process grew {grown:.0f} MiB"
