@@ -269,6 +269,11 @@ class ServiceSettings(BaseModel):
     max_connections: int = Field(
         1024, ge=1, description="Open connections plus running requests the server takes; beyond it, 503."
     )
+    max_embedding_queue: int = Field(
+        4, ge=0,
+        description="POST /v1/embeddings requests that may wait behind the one being embedded (one at a time, so "
+        "they cannot take the cores from /ask); more are refused with 503 and Retry-After.",
+    )
     reload_check_seconds: float = Field(
         2.0, ge=0, description="How often the service looks for a new index version (0: every request)."
     )

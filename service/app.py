@@ -72,6 +72,7 @@ def create_app(settings: Settings, generator: Generator | None = None, embedder=
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ingest_jobs = ingest_api.Jobs()
+    app.state.embedding_queue = embeddings_api.EmbeddingQueue(settings.service.max_embedding_queue)
     app.state.started = int(time.time())  # the base model's `created`: when this service loaded it
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.service.cors_origins:  # outermost: a browser's preflight is answered before auth

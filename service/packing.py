@@ -223,10 +223,8 @@ class Packer:
         ledger.retrieved = [retrieved_entry(h) for h in hits + below_score]
         ledger.dropped += [{"chunk_id": h.chunk.id, "score": round(h.score, 4), "reason": "below_score"} for h in below_score]
         if window - answer_tokens - base < 0:
-            raise PromptTooLong(
-                f"the question and conversation take {base} tokens, but the model's window is {window} with "
-                f"{answer_tokens} reserved for the answer; shorten them or lower max_tokens", param="messages",
-            )
+            raise PromptTooLong(over_window(window, base, answer_tokens, "the question and conversation alone are "
+                                            "over it; shorten them or lower max_tokens"), param="messages")
         chosen: list[Passage] = []
         used = 0
         candidates = self._merge(hits, ledger)

