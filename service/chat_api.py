@@ -16,7 +16,6 @@ from service.http import json_body, parse_json, sse, unless_gone
 from service.pipeline import Prepared, RagPipeline, usage_of
 from service.protocol import HONOURED_FIELDS, ChatCompletionRequest
 from service.responses import ChatCompletion, ChatCompletionChunk, ChunkChoice, chat_completion, completion_id, ledger_of
-from service.schema import RetrievalOptions
 
 router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSES)
 
@@ -39,9 +38,8 @@ async def chat(request: Request, rag: Pipeline, settings: Config, sync: Sync):
     if last_user is None:
         raise UsageError("messages: at least one user message is needed", param="messages")
     question = turns[last_user]["content"]
-    limits.check_question(question, settings.service, "messages")
+    retrieval = limits.retrieval_options(body.retrieval, question, system, settings.service, "messages")
     history, tail = turns[:last_user], turns[last_user + 1 :]
-    retrieval = body.retrieval or RetrievalOptions()
     check_collection(request, retrieval.collection)
     query, query_from = await rag.search_query(question, history) if retrieval.enabled else (question, "question")
     prepared = await unless_gone(request, rag.prepare_async(question, history, retrieval, params.max_tokens, system, tail, query))

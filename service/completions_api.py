@@ -58,12 +58,15 @@ async def completions(request: Request, rag: Pipeline, settings: Config):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise UsageError(f"prompt: send one prompt (got {len(prompts)})", param="prompt")
-    limits.check_question(prompts[0], settings.service, "prompt")
-    limits.check_sampling(body, body.retrieval, settings.service)
-    check_collection(request, body.retrieval.collection if body.retrieval else None)
+    if len(prompts[0]) > settings.service.max_message_chars:
+        raise UsageError(f"prompt: {len(prompts[0])} characters; the limit is {settings.service.max_message_chars} "
+                         "(setting service.max_message_chars)", param="prompt")
+    retrieval = limits.retrieval_options(body.retrieval, prompts[0], None, settings.service, "prompt")
+    limits.check_sampling(body, retrieval, settings.service)
+    check_collection(request, retrieval.collection)
     adapter = rag.check_model(body.model)
     params = body.params(settings.generation, adapter, default_max=OPENAI_DEFAULT_MAX_TOKENS)
-    prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], body.retrieval, params.max_tokens))
+    prepared = await unless_gone(request, rag.prepare_async(prompts[0], [], retrieval, params.max_tokens))
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

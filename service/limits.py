@@ -24,6 +24,21 @@ def check_question(text: str, limits: ServiceSettings, param: str = "question") 
         raise _over(param, f"{len(text)} characters", limits.max_question_chars, "max_question_chars")
 
 
+def retrieval_options(
+    sent: RetrievalOptions | None, question: str, system: str | None, limits: ServiceSettings, param: str,
+) -> RetrievalOptions:
+    """What retrieval a chat or completions request gets. A request that names none and whose question or
+    system message is longer than any question (service.max_question_chars) carries its own context (a
+    LangChain or LlamaIndex chain that has retrieved already): it gets no retrieval on top, and the
+    window and service.max_message_chars bound it. Otherwise retrieval is on and the question is a
+    question (check_question)."""
+    own_context = sent is None and max(len(question), len(system or "")) > limits.max_question_chars
+    options = RetrievalOptions(enabled=False) if own_context else sent or RetrievalOptions()
+    if options.enabled or not question.strip():
+        check_question(question, limits, param)
+    return options
+
+
 def _check_stop(body: SamplingFields, limits: ServiceSettings) -> None:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     if len(stops) > limits.max_stop_sequences:

@@ -106,3 +106,42 @@ def test_litellm_sees_an_over_window_request_as_its_context_window_error(url, mo
     with pytest.raises(litellm.ContextWindowExceededError):
         litellm.completion(model=f"openai/{BASE_MODEL}", api_base=url, api_key="unused", max_tokens=20,
                            messages=too_long, num_retries=0)
+
+
+# What a chain that has retrieved already sends: its passages, one of them holding a fact the index does not.
+FILLER = "The harbour of Saint-Vaast lies on the eastern coast of the Cotentin peninsula in Normandy. " * 25
+OWN_CONTEXT = f"{FILLER}\n\nThe harbour master's boat is painted bright green.\n\n{FILLER}"
+OWN_QUESTION = "What colour is the harbour master's boat?"
+
+
+def test_a_chain_that_brings_its_own_context_gets_no_retrieval_on_top(url):
+    """LlamaIndex's own default question-answering prompts, and a LangChain chat with the passages in its
+    system message, longer than any question: answered from their context, not refused and not given
+    ragtune's passages besides."""
+    import httpx
+    from langchain_openai import ChatOpenAI
+    from llama_index.core.llms import ChatMessage
+    from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
+    from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
+    from llama_index.llms.openai_like import OpenAILike
+
+    options = dict(model=BASE_MODEL, api_base=url, api_key="unused", max_tokens=20, temperature=0, context_window=2048,
+                   max_retries=0)
+    prompt = DEFAULT_TEXT_QA_PROMPT.format(context_str=OWN_CONTEXT, query_str=OWN_QUESTION)
+    assert len(prompt) > 4000  # longer than service.max_question_chars: not a question
+    assert "green" in OpenAILike(is_chat_model=False, **options).complete(prompt).text.lower()
+    messages = [ChatMessage(role=m.role, content=m.content)
+                for m in CHAT_TEXT_QA_PROMPT.format_messages(context_str=OWN_CONTEXT, query_str=OWN_QUESTION)]
+    assert "green" in OpenAILike(is_chat_model=True, **options).chat(messages).message.content.lower()
+
+    system = f"Answer the question from this context:\n\n{OWN_CONTEXT}"
+    llm = ChatOpenAI(model=BASE_MODEL, base_url=url, api_key="unused", max_tokens=20, temperature=0, max_retries=0)
+    assert "green" in llm.invoke([("system", system), ("human", OWN_QUESTION)]).content.lower()
+
+    raw = httpx.post(f"{url}/chat/completions", timeout=120, json={
+        "model": BASE_MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": system},
+                                                          {"role": "user", "content": OWN_QUESTION}]}).json()
+    assert raw["ledger"]["retrieval"] == "disabled" and raw["sources"] == []
+    asked = httpx.post(f"{url}/chat/completions", timeout=120, json={
+        "model": BASE_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": QUESTION}]}).json()
+    assert asked["ledger"]["retrieval"] == "enabled" and asked["sources"]  # a question still gets passages
