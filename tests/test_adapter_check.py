@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ragtune.errors import UsageError
 from ragtune.registry import AdapterInvalid, Registry, check_name, validate_adapter
 from ragtune.settings import AdapterSettings
 from tests.adapters import BASE, fake_adapter, fake_base_model, lora_tensors
@@ -236,3 +237,22 @@ def test_a_config_nested_too_deeply_is_refused(tmp_path):
     (adapter / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(AdapterInvalid, match="nested too deeply"):
         validate_adapter(adapter, BASE, 64)
+
+
+def test_publishing_past_adapters_max_published_is_refused_with_what_to_do(tmp_path):
+    registry = Registry(AdapterSettings(dir=tmp_path / "reg", max_published=2), BASE)
+    for name in ("one", "two", "three"):
+        registry.add(name, fake_adapter(tmp_path / name))
+    registry.set_published("one", True)
+    registry.add("two", fake_adapter(tmp_path / "two-again"), publish=True)
+    with pytest.raises(UsageError, match=r"2 adapters are published already, the limit .*adapters.max_published.* is 2: "
+                                         r"unpublish one first .*published: one, two"):
+        registry.set_published("three", True)
+    with pytest.raises(UsageError, match="max_published"):
+        registry.add("four", fake_adapter(tmp_path / "four"), publish=True)
+    assert [a.name for a in registry.list()] == ["one", "three", "two"]  # the refused new one left nothing behind
+    assert not (tmp_path / "reg" / "four").exists() or not any((tmp_path / "reg" / "four").iterdir())
+    registry.set_published("one", True)  # already published: no new room needed
+    registry.add("one", fake_adapter(tmp_path / "one-v2"))  # a new version keeps its published state
+    registry.set_published("two", False)
+    assert registry.set_published("three", True).published

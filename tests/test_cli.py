@@ -35,6 +35,15 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path):
     assert served.stderr.strip().splitlines()[-1].startswith("error: RAGTUNE_SERVICE__API_KEYS is not JSON")
 
 
+@pytest.mark.parametrize("value", ['{"secret-key-1": "default"}', '{"secret-key-1": [5]}', '{"secret-key-1": ["a"], "k2": {}}'])
+def test_a_bad_key_collections_value_never_echoes_a_key(tmp_path, value):
+    done = run_ragtune("ask", "hi", RAGTUNE_SERVICE__KEY_COLLECTIONS=value)
+    assert done.returncode == 2 and "secret-key-1" not in done.stderr and "k2" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: RAGTUNE_SERVICE__KEY_COLLECTIONS: a key's entry:")
+    bad_key = run_ragtune("ask", "hi", RAGTUNE_SERVICE__API_KEYS='["secret-key-2", 7]')
+    assert bad_key.returncode == 2 and "secret-key-2" not in bad_key.stderr, bad_key.stderr
+
+
 def test_a_bad_setting_in_a_section_the_command_does_not_use_is_only_a_warning(tmp_path):
     done = run_ragtune("index", "stats", "-i", str(tmp_path / "none"), RAGTUNE_FINETUNE__RANK="7")
     assert "ignored, as this command does not use it: RAGTUNE_FINETUNE__RANK='7': rank 7 cannot be served by vLLM" in done.stderr
