@@ -73,7 +73,7 @@ def add(
     index_dir: IndexDir = None,
     collection: CollectionName = None,
     root: Annotated[
-        Optional[Path], typer.Option(help="Make document ids relative to this directory (default: absolute paths).")
+        Optional[Path], typer.Option(help="Make document ids relative to this directory (default: relative to the paths as given: docs/a.md for `docs/`).")
     ] = None,
     as_json: AsJson = False,
 ) -> None:

@@ -102,22 +102,37 @@ def discover(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
     A path that does not exist (or a glob that matches nothing) is a usage error, raised
     before any work is done.
     """
-    files: dict[Path, None] = {}
-    directories: list[Path] = []
+    named = named_files(paths)
+    return list(named), sorted({d for _, d in named.values() if d is not None})
+
+
+def _base(raw: str, match: Path) -> Path:
+    """What an id is relative to for a path as the user gave it: a directory's parent (ids start with
+    the directory's name), a file's own directory, the parent of a glob's fixed part."""
+    if not glob.has_magic(raw):
+        return match.absolute().parent
+    parts = Path(raw).parts
+    fixed = parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))]
+    return Path(*fixed).absolute().parent if fixed else Path.cwd()
+
+
+def named_files(paths: Iterable[str]) -> dict[Path, tuple[Path, Path | None]]:
+    """Each file to ingest -> (what its id is relative to, the directory it was found under)."""
+    files: dict[Path, tuple[Path, Path | None]] = {}
     for raw in paths:
         matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True))] if glob.has_magic(raw) else [Path(raw)]
         if not matches or not all(m.exists() or m.is_symlink() for m in matches):
             raise UsageError(f"path not found: {raw}")
         for match in matches:
+            base = _base(raw, match)
             if match.is_dir():
                 root = match.resolve()
-                directories.append(root)
                 for child in sorted(root.rglob("*")):
                     if (child.is_file() or child.is_symlink()) and not _is_hidden(child, root):
-                        files[child.absolute()] = None
+                        files.setdefault(child.absolute(), (match.absolute().parent, root))
             else:
-                files[match.absolute()] = None
-    return list(files), directories
+                files.setdefault(match.absolute(), (base, None))
+    return files
 
 
 def matching_sources(sources: list[tuple[str, str]], target: str, exact: bool = False) -> list[tuple[str, str]]:
@@ -140,14 +155,42 @@ class Ingestor:
     def writer(self, directory: Path) -> IndexWriter:
         return IndexWriter(directory, self.settings.index, self.settings.chunking, self.identity)
 
-    def source_id(self, path: Path, root: Path | None) -> str:
+    def source_id(self, path: Path, root: Path | None, base: Path | None = None) -> str:
+        """A file's id: its path under `root` (--root); else under `base`, what the user named it by
+        (see `named_files`); else its absolute path."""
         resolved = path.resolve() if not path.is_symlink() else path.absolute()
         if root is not None:
             try:
                 return resolved.relative_to(root.resolve()).as_posix()
             except ValueError:
                 raise UsageError(f"{path} is not under --root {root}; give a root that contains every path") from None
+        if base is not None:
+            try:
+                return path.absolute().relative_to(base).as_posix()
+            except ValueError:
+                pass
         return resolved.as_posix()
+
+    def _ids(self, named: dict[Path, tuple[Path, Path | None]], root: Path | None, writer: IndexWriter) -> dict[Path, str]:
+        """Each file's source id. A file the index already holds keeps the id it has (indexes made when ids
+        were absolute paths go on with them); two files that would share an id are a usage error."""
+        sources = writer.sources()
+        known = {Path(stored): sid for sid, stored in sources}
+        taken = {sid: Path(stored) for sid, stored in sources}
+        ids: dict[Path, str] = {}
+        for path, (base, _) in named.items():
+            sid = known.get(path)
+            if sid is None:
+                sid = self.source_id(path, root, base)
+                other = taken.get(sid)
+                if root is None and other is not None and other != path and other.exists():
+                    sid = self.source_id(path, None)  # the name is another file's, which is still there
+            if sid in ids.values():
+                first = next(p for p, i in ids.items() if i == sid)
+                raise UsageError(f"{first} and {path} would both be known as {sid!r}; give --root DIR to name files by "
+                                 "their path under DIR")
+            ids[path] = sid
+        return ids
 
     def ingest(
         self, paths: list[str], directory: Path, root: Path | None = None, progress: Progress | None = None,
@@ -158,15 +201,15 @@ class Ingestor:
         report, never by where they lie on this machine (uploads over HTTP)."""
         progress = progress or _NoProgress()
         started = time.perf_counter()
-        files, directories = discover(paths)
+        named = named_files(paths)
+        directories = sorted({d for _, d in named.values() if d is not None})
         report = IngestReport()
-        progress.start(len(files))
+        progress.start(len(named))
         parser = IsolatedParser(self.settings.index, self.settings.records)
         with nullcontext(writer) if writer is not None else self.writer(directory) as writer, parser:
             seen: set[str] = set()
             pending: list[_Pending] = []
-            for path in files:
-                source_id = self.source_id(path, root)
+            for path, source_id in self._ids(named, root, writer).items():
                 seen.add(source_id)
                 item = self._prepare(path, source_id, writer, report, by_id, parser)
                 progress.read(len(item.chunks) if item else 0)
@@ -206,6 +249,7 @@ class Ingestor:
         content_hash = hashlib.sha256(data).hexdigest()
         previous = writer.source_hash(source_id)
         if previous == content_hash:
+            writer.move_source(source_id, shown if by_id else str(path.absolute()))
             report.unchanged.append(shown)
             return None
         try:

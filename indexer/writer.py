@@ -116,6 +116,10 @@ class IndexWriter:
     def sources(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._conn.execute("SELECT source_id, path FROM sources ORDER BY source_id")]
 
+    def move_source(self, source_id: str, path: str) -> None:
+        """An unchanged source found at another path (its corpus moved): remember where it is now."""
+        self._conn.execute("UPDATE sources SET path = ? WHERE source_id = ? AND path != ?", (path, source_id, path))
+
     def has_changes(self) -> bool:
         return bool(self._removed_ids or self._added_ids) or self._conn.total_changes > 0
 

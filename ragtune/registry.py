@@ -94,8 +94,8 @@ class Registry:
         self.base_model = base_model
         self.base_dir = base_dir
 
-    def validate(self, path: Path) -> dict:
-        return validate_adapter(path, self.base_model, self.settings.max_rank, self.base_dir)
+    def validate(self, path: Path, shown: str | None = None) -> dict:
+        return validate_adapter(path, self.base_model, self.settings.max_rank, self.base_dir, shown)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -166,7 +166,7 @@ class Registry:
     def get(self, name: str, details: bool = True) -> AdapterInfo:
         entry = self._read()["adapters"].get(check_name(name))
         if entry is None:
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
+            raise AdapterNotFound(f"no adapter named {name!r} in the registry (adapters.dir); `ragtune adapters list` shows them")
         return self._info(name, entry, details)
 
     def published(self) -> dict[str, Path]:
@@ -175,11 +175,12 @@ class Registry:
         return {n: self.version_path(n, e["version"]) for n, e in sorted(state["adapters"].items()) if e["published"]}
 
     # -- changes ----------------------------------------------------------------------
-    def add(self, name: str, source: Path, publish: bool | None = None) -> AdapterInfo:
+    def add(self, name: str, source: Path, publish: bool | None = None, shown: str | None = None) -> AdapterInfo:
         """Copy a validated adapter in as the newest version of `name`. `publish=None` keeps the
-        published state, so retraining a published adapter updates what is served."""
+        published state, so retraining a published adapter updates what is served. `shown`: how
+        errors name the source (an upload, not where it waits on the server)."""
         check_name(name)
-        config = self.validate(source)
+        config = self.validate(source, shown)
         version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         target = self.version_path(name, version)
         staging = target.with_name(f".{version}.tmp")
@@ -208,10 +209,10 @@ class Registry:
         with self._locked() as state:
             entry = state["adapters"].get(check_name(name))
             if entry is None:
-                raise AdapterNotFound(f"no adapter named {name!r} in {self.root}; `ragtune adapters list` shows them")
+                raise AdapterNotFound(f"no adapter named {name!r} in the registry (adapters.dir); `ragtune adapters list` shows them")
             if published:  # refuse to publish what cannot be served (the files may have changed since)
                 self._check_room(state, name)
-                self.validate(self.version_path(name, entry["version"]))
+                self.validate(self.version_path(name, entry["version"]), f"adapter {name!r} version {entry['version']}")
             entry.update(published=published, updated=_now())
             self._write(state)
         return self.get(name)
@@ -230,7 +231,7 @@ class Registry:
     def delete(self, name: str) -> None:
         with self._locked() as state:
             if state["adapters"].pop(check_name(name), None) is None:
-                raise AdapterNotFound(f"no adapter named {name!r} in {self.root}")
+                raise AdapterNotFound(f"no adapter named {name!r} in the registry (adapters.dir)")
             self._write(state)  # unpublished first: services stop serving it before the files go
         shutil.rmtree(self.root / name, ignore_errors=True)
 

@@ -64,7 +64,7 @@ async def upload(name: str, sync: Sync, settings: Config, request: Request, publ
     await receive_files(request, folder, settings.service, len(ADAPTER_FILES), "adapter files",
                         lambda file: None if file in ADAPTER_FILES else f"unexpected: send {' and '.join(ADAPTER_FILES)}")
     try:
-        return await _published(sync, name, lambda: sync.registry.add(name, folder, publish or None))
+        return await _published(sync, name, lambda: sync.registry.add(name, folder, publish or None, shown="the upload"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

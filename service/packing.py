@@ -117,9 +117,9 @@ class Packer:
 
     def _format(self, passage: Passage, number: int, text: str | None = None) -> str:
         chunk = min((h.chunk for h in passage.hits), key=lambda c: c.position)  # where the text starts
-        title = chunk.context or chunk.title or chunk.source_path.rsplit("/", 1)[-1]
+        title = chunk.context or chunk.title or chunk.source_id.rsplit("/", 1)[-1]
         return self.prompt.passage_template.format(
-            number=number, title=title, text=text if text is not None else passage.text, source=chunk.source_path
+            number=number, title=title, text=text if text is not None else passage.text, source=chunk.source_id
         )
 
     def check_fits(self, messages: Messages, answer_tokens: int) -> int:

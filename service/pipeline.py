@@ -51,7 +51,7 @@ def citation(passage: Passage) -> Citation:
     chunk = passage.chunk
     snippet = passage.text if len(passage.text) <= SNIPPET_CHARS else passage.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
     return Citation(
-        number=passage.number, doc_id=chunk.doc_id, source=chunk.source_path, chunk_id=chunk.id,
+        number=passage.number, doc_id=chunk.doc_id, source=chunk.source_id, chunk_id=chunk.id,
         chunk_ids=[h.chunk.id for h in passage.hits], score=round(passage.score, 4), title=chunk.title,
         headings=list(chunk.headings), page=chunk.page, snippet=snippet,
     )

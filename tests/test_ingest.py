@@ -91,6 +91,40 @@ def test_root_makes_ids_relative_and_stable(ingestor, settings, corpus):
     assert ids == ["cats.md", "rockets.txt", "sub/bread.html"]
 
 
+def test_ids_are_relative_to_the_paths_as_given_never_the_machines_layout(ingestor, settings, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ingestor.ingest(["corpus", str(corpus / "sub" / "bread.html")], settings.index.dir)
+    ids = sorted(s["source_id"] for s in snapshot(settings).sources())
+    assert ids == ["corpus/cats.md", "corpus/rockets.txt", "corpus/sub/bread.html"]  # the directory's name first
+    assert str(tmp_path) not in " ".join(ids)
+    moved = tmp_path / "elsewhere" / "corpus"  # the corpus moves: the same ids, its documents replaced, not doubled
+    moved.parent.mkdir()
+    corpus.rename(moved)
+    report = ingestor.ingest([str(moved)], settings.index.dir)
+    assert sorted(s["source_id"] for s in snapshot(settings).sources()) == ids and not report.added
+    write(tmp_path / "other" / "corpus" / "cats.md", "# Dogs\n\nDogs sleep less than cats.\n")  # same name, another file
+    ingestor.ingest([str(tmp_path / "other" / "corpus")], settings.index.dir)
+    sources = {s["source_id"] for s in snapshot(settings).sources()}
+    assert "corpus/cats.md" in sources and str(tmp_path / "other" / "corpus" / "cats.md") in sources  # nothing overwritten
+    with pytest.raises(UsageError, match="would both be known as 'corpus/cats.md'; give --root"):
+        ingestor.ingest([str(moved), str(tmp_path / "other" / "corpus")], tmp_path / "fresh-index")
+
+
+def test_an_index_whose_ids_are_absolute_paths_keeps_them(ingestor, settings, corpus, monkeypatch):
+    """Indexes made when ids were absolute paths: adding the same files again changes nothing."""
+    from indexer.ingest import Ingestor
+
+    relative = Ingestor.source_id
+    monkeypatch.setattr(Ingestor, "source_id", lambda self, path, root, base=None: relative(self, path, root))
+    ingestor.ingest([str(corpus)], settings.index.dir)
+    absolute = sorted(s["source_id"] for s in snapshot(settings).sources())
+    assert absolute == sorted(str(p) for p in corpus.rglob("*.*"))
+    monkeypatch.setattr(Ingestor, "source_id", relative)
+    report = ingestor.ingest([str(corpus)], settings.index.dir)
+    assert len(report.unchanged) == 3 and not report.added and not report.removed
+    assert sorted(s["source_id"] for s in snapshot(settings).sources()) == absolute
+
+
 def test_json_records_are_documents_with_their_own_ids(ingestor, settings, tmp_path):
     path = write(tmp_path / "faq.jsonl", '{"id": "q1", "text": "Parking is free on weekends.", "team": "ops"}\n')
     ingestor.ingest([str(path)], settings.index.dir, root=tmp_path)
