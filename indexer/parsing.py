@@ -7,8 +7,8 @@ it. So each file is parsed by `indexer.loaders` in a worker process of its own
 (`IsolatedParser`): its address space is capped (`index.max_parse_memory_bytes`), a file that
 takes longer than `index.max_parse_seconds` has its worker killed, and a file whose text is longer
 than `index.max_file_chars` is refused; each is skipped with the reason, as any unreadable file
-is. The worker is replaced after a refusal and whenever it has grown, so the memory parsing took
-goes back to the system and the ingesting process stays flat.
+is. The worker is replaced after it was stopped or ran out of memory, and whenever it has grown,
+so the memory parsing took goes back to the system and the ingesting process stays flat.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def _address_space() -> int:
 def serve(fd: int, memory: int, max_chars: int) -> None:
     """The worker (`python -c`, so no one's main module is imported again): parse what comes down
     the socket `fd`, answer (documents, warnings) or an error's reason."""
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)  # a parser's complaints about a malformed file: the skip reason says it
+    warnings.simplefilter("ignore")
     conn = Connection(fd)
     resource.setrlimit(resource.RLIMIT_AS, (_address_space() + memory, resource.RLIM_INFINITY))
     while True:
@@ -86,8 +91,7 @@ class IsolatedParser:
     def _start(self) -> Connection:
         if self._process is None or self._process.poll() is not None:
             ours, theirs = socket.socketpair()
-            package_root = str(Path(__file__).resolve().parent.parent)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # imports resolve as they do here
             code = (f"from indexer.parsing import serve; serve({theirs.fileno()}, {self.index.max_parse_memory_bytes}, "
                     f"{self.index.max_file_chars})")
             self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], env=env,

@@ -237,7 +237,12 @@ class FewShotSettings(BaseModel):
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `ragtune serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `ragtune serve` binds.")
-    max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a 400.")
+    max_question_chars: int = Field(
+        4000, ge=1,
+        description="Longer questions are refused with a 400 on /ask. On the chat and completions endpoints a longer "
+        "question or system message is taken as carrying its own context (a LangChain or LlamaIndex chain that "
+        "retrieved already) and gets no retrieval on top, unless the request's `retrieval` says otherwise.",
+    )
     # Limits on one request: each bounds the memory or time a single client can make the service spend.
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (JSON routes); larger: 413.")
     max_messages: int = Field(256, ge=1, description="Most chat messages in one request.")

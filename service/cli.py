@@ -14,6 +14,7 @@ from indexer import collections
 from ragtune.cli_options import QUERYING, CollectionName, IndexDir, settings_for
 from ragtune.configure import serving_threads
 from ragtune.errors import UsageError
+from ragtune.settings import ServiceSettings
 
 err = Console(stderr=True)
 out = Console()
@@ -33,8 +34,10 @@ def _port_free(host: str, port: int) -> None:
 
 def serve(
     index_dir: IndexDir = None,
-    host: Annotated[Optional[str], typer.Option(help="Bind address [default: setting service.host].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port [default: setting service.port].")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        help=f"Bind address [default: {ServiceSettings.model_fields['host'].default}, or setting service.host].")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        help=f"Port [default: {ServiceSettings.model_fields['port'].default}, or setting service.port].")] = None,
 ) -> None:
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
     settings = settings_for(index_dir)

@@ -27,7 +27,7 @@ def test_the_api_asks_for_a_key_when_keys_are_set(tmp_path, squad_index):
     with Server(ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port)), port, tmp_path / "s.log", env) as served:
         url = served.start("/ready").url  # health and readiness stay open, for probes
         good = openai.OpenAI(base_url=f"{url}/v1", api_key="key-two", max_retries=0)
-        assert [m.id for m in good.models.list()] == [BASE_MODEL]
+        assert [m.id for m in good.models.list()] == [BASE_MODEL, "sentence-transformers/all-MiniLM-L6-v2"]
         with pytest.raises(openai.AuthenticationError) as denied:
             openai.OpenAI(base_url=f"{url}/v1", api_key="key-three", max_retries=0).models.list()
         assert denied.value.status_code == 401 and "API key" in denied.value.body["message"]

@@ -187,6 +187,11 @@ def test_adapter_uploads_are_checked_before_they_enter_the_registry(client, tmp_
     config = ("adapter_config.json", (adapter / "adapter_config.json").read_bytes())
     random_weights = upload("random", [config, ("adapter_model.safetensors", os.urandom(2048))])
     assert random_weights.status_code == 400 and "not a safetensors file" in error_of(random_weights)["message"]
+    registry_root = str(client.app.state.adapter_sync.registry.root)
+    assert error_of(random_weights)["message"].startswith("the upload/adapter_model.safetensors")  # not the server's path
+    assert registry_root not in error_of(random_weights)["message"]
+    missing = client.post("/admin/adapters/nope/load", headers=ADMIN)
+    assert missing.status_code == 404 and registry_root not in error_of(missing)["message"]
     stray = upload("stray", [config, ("evil.sh", b"rm -rf /")])
     assert stray.status_code == 400 and error_of(stray)["param"] == "files"
     newline = upload("abc%0A", [config])

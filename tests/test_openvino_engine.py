@@ -114,7 +114,7 @@ def test_an_adapter_is_hot_loaded_served_and_unloaded_without_restart(client, se
     base = ask(BASE_MODEL)
     loaded = admin("/adapters/pirate/load")
     assert loaded.status_code == 200, loaded.text
-    assert [m.id for m in client.models.list()] == [BASE_MODEL, "pirate"]
+    assert [m.id for m in client.models.list() if m.kind == "generation"] == [BASE_MODEL, "pirate"]
     assert "matey" in ask("pirate")  # the trained refusal (its training questions were other ones)
     assert ask(BASE_MODEL) == base  # the base model is untouched by the adapter next to it
     assert admin("/adapters/pirate/unload").json()["sync"]["unloaded"] == ["pirate"]
