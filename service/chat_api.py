@@ -27,6 +27,8 @@ STREAMED = {200: {"description": "A chat completion; with `stream`, server-sent 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMED,
              openapi_extra=json_body(ChatCompletionRequest))
 async def chat(request: Request, rag: Pipeline, settings: Config, sync: Sync):
+    """OpenAI's chat completion, with retrieval: the latest user message drives it; `sources` and
+    `ledger` ride along."""
     body = await parse_json(request, ChatCompletionRequest, settings.service)
     limits.check_chat(body, settings.service, settings.generation.backend)
     adapter = rag.check_model(body.model)

@@ -34,6 +34,7 @@ def _describe(settings, name: str) -> Collection:
 
 @router.get("/v1/collections")
 async def list_collections(request: Request, settings: Config) -> CollectionList:
+    """The collections this key may search, with their index versions and sizes."""
     allowed = request.state.collections
 
     def describe() -> list[Collection]:

@@ -49,6 +49,7 @@ router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSE
 
 @router.post("/v1/completions", response_model=TextCompletion, openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request, rag: Pipeline, settings: Config):
+    """OpenAI's text completion: the prompt is the question; retrieval and `sources` as for chat."""
     body: CompletionRequest = await parse_json(request, CompletionRequest, settings.service)
     refused = body.refused()
     if refused:

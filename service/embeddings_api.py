@@ -107,6 +107,7 @@ router = APIRouter(dependencies=[Depends(client_key)], responses=errors.RESPONSE
 
 @router.post("/v1/embeddings", openapi_extra=json_body(EmbeddingRequest))
 async def embeddings(request: Request, rag: Pipeline, settings: Config) -> EmbeddingList:
+    """OpenAI's embeddings, from the index's own embedder: the same vectors the index holds for the same text."""
     service = settings.service
     body: EmbeddingRequest = await parse_json(request, EmbeddingRequest, service)
     embedder = rag.retriever.embedder

@@ -111,6 +111,7 @@ def _jobs(request: Request) -> Jobs:
 
 @router.post("/collections/{name}/documents", status_code=202, response_model=JobView, openapi_extra=FILES_BODY)
 async def upload(name: str, request: Request, rag: Pipeline, settings: Config) -> JSONResponse:
+    """Add or replace documents in a collection (multipart, one `files` part per file): 202 with a job to follow."""
     collections.check_name(name)
     directory = collections.directory(settings.index, name)
     uploads = directory / "uploads"
@@ -166,11 +167,13 @@ def _sweep(uploads, keep, older_than: float) -> None:
 
 @router.get("/jobs/{job_id}")
 async def job_status(job_id: str, request: Request) -> JobView:
+    """An upload job: its progress while it runs, then the per-file report."""
     return _jobs(request).get(job_id).view()
 
 
 @router.get("/collections/{name}/sources")
 async def sources(name: str, settings: Config) -> dict:
+    """The sources a collection holds, with their document and chunk counts."""
     from indexer.snapshot import IndexSnapshot
 
     def read() -> list[dict]:

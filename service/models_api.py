@@ -30,11 +30,13 @@ async def _cards(request: Request, rag: Pipeline, sync: Sync, settings: Config) 
 
 @router.get("/v1/models")
 async def models(cards: list[ModelCard] = Depends(_cards)) -> ModelList:
+    """The base model, its published adapters and the embedder (`kind`: generation or embedding)."""
     return ModelList(data=cards)
 
 
 @router.get("/v1/models/{model:path}")
 async def model(model: str, cards: list[ModelCard] = Depends(_cards)) -> ModelCard:
+    """One model card by id (the id may hold a slash)."""
     card = next((c for c in cards if c.id == model), None)
     if card is None:
         raise UnknownModel(f"model {model!r} does not exist; GET /v1/models lists the base model, adapters and embedder")

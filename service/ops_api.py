@@ -15,11 +15,13 @@ router = APIRouter()
 
 @router.get("/health")
 async def health() -> dict:
+    """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/ready")
 async def ready(rag: Pipeline) -> JSONResponse:
+    """Readiness: the index is loaded and the generation backend is up."""
     checks: dict[str, str] = {}
     try:
         checks["index"] = (await asyncio.to_thread(rag.retriever.snapshot)).version_id
@@ -32,5 +34,6 @@ async def ready(rag: Pipeline) -> JSONResponse:
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
+    """Prometheus metrics: requests by route and status, stage durations, tokens."""
     metrics = request.app.state.metrics
     return Response(metrics.render(), media_type=metrics.content_type)

@@ -22,6 +22,7 @@ def test_index_commands_end_to_end(tmp_path):
     assert added.returncode == 0, added.stderr
     assert "skipped" in added.stderr and "b.txt" in added.stderr
     assert "1 added, 0 unchanged, 0 replaced, 0 removed, 1 skipped" in added.stdout
+    assert " DEBUG " not in added.stderr  # libraries stay at warnings by default (bm25s sets its own level)
 
     stats = run_ragtune("index", "stats", "--index-dir", index, "--json")
     figures = json.loads(stats.stdout)
