@@ -16,6 +16,14 @@ API_MARKER = "<!-- api reference -->"
 HOME = str(Path.home())
 
 
+def on_config(config):
+    """Included files (ARCHITECTURE.md, deploy/README.md) are found from the repository root, wherever
+    mkdocs is run from."""
+    root = str(Path(config.config_file_path).resolve().parent)
+    config.mdx_configs.setdefault("pymdownx.snippets", {})["base_path"] = [root]
+    return config
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, settings_reference())
