@@ -90,6 +90,8 @@ def test_help_shows_the_defaults():
     assert "[default: setting index.dir, env RAGTUNE_INDEX__DIR]" in shown("index", "add")
     assert "[default: setting generation.max_answer_tokens]" in shown("ask")
     assert "[default: 0]" in shown("eval", "run")  # --seed
+    serve = shown("serve")
+    assert "[default: 8000, or setting service.port]" in serve and "[default: 127.0.0.1, or setting service.host]" in serve
 
 
 def test_logs_can_be_json_lines(tmp_path):
