@@ -37,13 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(tree: Path, index: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def serve(tree: Path, index: Path, log: Path, settings: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`ragtune serve` from `tree` with only the given RAGTUNE_* settings; its URL once ready."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")} | {"HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")} | {"HF_HUB_OFFLINE": "1"} | (settings or {})
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(tree), "serve", "--index-dir", str(index), "--port", str(port)],
                             env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=tree)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # a first start converts the model
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-2000:]
         try:

@@ -34,8 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 SQUAD = REPO.parent / "shared" / "data" / "squad-v2-dev-5articles.json"
 sys.path.insert(0, str(REPO))
-from bench.ask import free_port  # noqa: E402
-from bench.engines import MODEL, start_vllm  # noqa: E402
+from bench.ask import free_port, serve  # noqa: E402
+from bench.engines import MODEL, start_vllm, wait_for_vllm  # noqa: E402
 
 
 def questions(count: int) -> list[str]:
@@ -51,25 +51,6 @@ def build_index(tmp: Path) -> Path:
     subprocess.run([sys.executable, "-m", "ragtune", "index", "add", str(tmp / "squad.jsonl"), "--index-dir",
                     str(tmp / "index"), "--root", str(tmp)], check=True, cwd=REPO, capture_output=True)
     return tmp / "index"
-
-
-def serve(index: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")} | {"HF_HUB_OFFLINE": "1"} | env
-    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--index-dir", str(index), "--port", str(port)],
-                            env=clean, stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(log.read_text()[-3000:])
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit("the service did not become ready")
 
 
 def load(url: str, asked: list[str], clients: int, max_tokens: int) -> dict:
@@ -106,7 +87,7 @@ def http(args) -> None:
             if env:  # started only now: its start (minutes of CPU) must not overlap the embedded engine's run
                 vllm = start_vllm(port, tmp / "vllm.log")
                 wait_for_vllm(vllm, port, tmp / "vllm.log")
-            proc, url = serve(index, tmp / "serve.log", env)
+            proc, url = serve(REPO, index, tmp / "serve.log", env)
             try:
                 for clients in (1, args.clients):
                     results[name, clients] = load(url, asked, clients, args.max_tokens)
@@ -127,20 +108,6 @@ def http(args) -> None:
             e, v = results["embedded engine", clients], results["vLLM-CPU backend", clients]
             print(f"  {clients} client(s): vLLM-CPU / embedded: throughput {v['answers/s'] / e['answers/s']:.2f}x, "
                   f"p95 {v['p95'] / e['p95']:.2f}x")
-
-
-def wait_for_vllm(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"vLLM exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    sys.exit("vLLM did not start")
 
 
 def batch(args) -> None:

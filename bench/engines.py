@@ -165,6 +165,23 @@ def start_vllm(port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
+def wait_for_vllm(proc: subprocess.Popen, port: int, log: Path) -> None:
+    """Until the server started by start_vllm answers /v1/models; its log's end if it exits first."""
+    import httpx
+
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"vLLM exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit("vLLM did not start")
+
+
 def run_vllm(prompts, max_tokens: int) -> tuple[list, list, float, float]:
     import socket
 
@@ -178,15 +195,7 @@ def run_vllm(prompts, max_tokens: int) -> tuple[list, list, float, float]:
     server = start_vllm(port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"vLLM exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_for_vllm(server, port, log)
         ready = time.perf_counter() - started
         client = httpx.Client(timeout=300)
 
