@@ -36,6 +36,20 @@ def yes_no_margin(top: list[tuple[str, float]]) -> float:
     return mass("yes") - mass("no")
 
 
+# prompt.decline_below_similarity = auto: the floor measured for an embedder (by its name), on SQuAD with one
+# article left out of the index (bench/RESULTS.md); an embedder not listed gets none.
+MEASURED_FLOORS = {"sentence-transformers/all-MiniLM-L6-v2": 0.3}
+
+
+def similarity_floor(setting: str | float, embedder_name: str) -> float | None:
+    """What prompt.decline_below_similarity means for the embedder that built the index: None for off."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return MEASURED_FLOORS.get(embedder_name)
+    return float(setting)
+
+
 def best_similarity(passages: list) -> float:
     """Retrieval's evidence: the best packed passage's similarity to the question (none packed: 0)."""
     return max((p.score for p in passages), default=0.0)

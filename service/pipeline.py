@@ -176,8 +176,17 @@ class RagPipeline:
     async def _declined(self, prepared: Prepared, params: GenerationParams) -> Completion | None:
         """prompt.answerable_check: the decline answer when the model judges that the passages do not state
         the answer (service/answerable.py); None to answer. Only answers from passages in prose are checked."""
+        if prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
+            return None
+        floor = answerable.similarity_floor(self.settings.prompt.decline_below_similarity, self.retriever.embedder.name)
+        best = answerable.best_similarity(prepared.passages)
+        if floor is not None and best < floor:
+            log.info("declined without answering: no passage is similar enough to the question (best %.3f, below "
+                     "prompt.decline_below_similarity %g)", best, floor)
+            return Completion(self.settings.prompt.decline_answer, prepared.ledger.prompt_tokens, 0, "stop",
+                              params.model or self.generator.model_name)
         threshold = self.settings.prompt.answerable_check
-        if threshold is None or prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
+        if threshold is None:
             return None
         judge = None if self.judge else self.settings.prompt.answerable_check_model or params.model
         if judge == self.generator.model_name:
@@ -192,7 +201,6 @@ class RagPipeline:
             raise BackendUnavailable(f"prompt.answerable_check_model {judge!r} is not served: publish it "
                                      f"(`ragtune adapters load {judge}`), or unset the setting") from None
         weight = self.settings.prompt.answerable_check_retrieval_weight
-        best = answerable.best_similarity(prepared.passages)
         prepared.answerable = round(answerable.score(answerable.yes_no_margin(top), best, weight), 3)
         prepared.timings_ms["answerable_check"] = (time.perf_counter() - started) * 1000
         if prepared.answerable >= threshold:

@@ -264,3 +264,20 @@ def test_a_local_model_judges_in_place_of_the_answering_one(squad_index, pirate_
     assert body["answer"] == DECLINE and body["ledger"]["answerable"] == pytest.approx(judged, abs=0.01)
     log = (tmp_path / "server.log").read_text()
     assert "answerability check judged by pirate-merged" in log
+
+
+def test_the_similarity_floor_is_the_measured_one_for_the_default_embedder_only(monkeypatch):
+    from ragtune.configure import SettingsError, load_settings
+    from service.answerable import similarity_floor
+
+    assert similarity_floor("auto", "sentence-transformers/all-MiniLM-L6-v2") == 0.3
+    assert similarity_floor("auto", "BAAI/bge-small-en-v1.5") is None  # another scale: not guessed
+    assert similarity_floor("off", "sentence-transformers/all-MiniLM-L6-v2") is None
+    assert similarity_floor(0.45, "anything") == 0.45
+    monkeypatch.setenv("RAGTUNE_PROMPT__DECLINE_BELOW_SIMILARITY", "0.35")
+    assert load_settings().prompt.decline_below_similarity == 0.35
+    monkeypatch.setenv("RAGTUNE_PROMPT__DECLINE_BELOW_SIMILARITY", "off")
+    assert load_settings().prompt.decline_below_similarity == "off"
+    monkeypatch.setenv("RAGTUNE_PROMPT__DECLINE_BELOW_SIMILARITY", "2")
+    with pytest.raises(SettingsError, match="RAGTUNE_PROMPT__DECLINE_BELOW_SIMILARITY"):
+        load_settings()

@@ -55,6 +55,25 @@ def test_streaming_chunks_parse_and_usage_arrives(client):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_a_question_the_documents_do_not_cover_is_declined_without_generating(client, server):
+    """prompt.decline_below_similarity (auto: 0.3 for the default embedder), on by default."""
+    off_topic = "What is the boiling point of liquid nitrogen in kelvin?"
+    asked = httpx.post(f"{server}/ask", json={"question": off_topic}, timeout=120).json()
+    assert asked["answer"] == "I do not know: the passages do not say."
+    assert asked["usage"]["completion_tokens"] == 0
+    assert max(p["score"] for p in asked["ledger"]["retrieved"]) < 0.3  # what it decided on, shown
+    chat = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": off_topic}])
+    assert chat.choices[0].message.content == asked["answer"] and chat.usage.completion_tokens == 0
+    streamed = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": off_topic}],
+                                              stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == asked["answer"]
+    own = client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": off_topic}],
+                                         max_tokens=8, extra_body={"retrieval": {"enabled": False}})
+    assert own.usage.completion_tokens > 0  # without retrieval there is nothing to decline on
+    covered = httpx.post(f"{server}/ask", json={"question": "In what country is Normandy located?"}, timeout=120).json()
+    assert covered["usage"]["completion_tokens"] > 0 and covered["answer"] != asked["answer"]
+
+
 def test_models_list_has_the_base_model(client):
     import time
 
