@@ -144,8 +144,9 @@ def test_models_and_ready(client, service):
 @pytest.mark.slow
 def test_backend_error_is_a_502_in_openai_shape(client, faults):
     faults(status=500)
-    with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    with pytest.raises(openai.APIStatusError) as caught:  # a question the index covers: one it does not is declined
+        client.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Where is Normandy?"}],
+                                       max_tokens=5)
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "backend_error" and "injected failure" in caught.value.body["message"]
 
