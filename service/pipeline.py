@@ -81,6 +81,8 @@ class RagPipeline:
         self.retrievers = Retrievers(retriever, settings.index, settings.service.reload_check_seconds, settings.retrieval)
         self.generator = generator
         self.judge = judge
+        # prompt.decline_below_similarity for the embedder that built the index, resolved once
+        self.similarity_floor = answerable.similarity_floor(settings.prompt.decline_below_similarity, retriever.embedder.name)
         self.packer = Packer(settings.prompt, counter or generator)
         self.demonstrations = demonstrations
 
@@ -174,17 +176,16 @@ class RagPipeline:
         return replace(params, stop=tuple(self.settings.prompt.stop))
 
     async def _declined(self, prepared: Prepared, params: GenerationParams) -> Completion | None:
-        """prompt.answerable_check: the decline answer when the model judges that the passages do not state
-        the answer (service/answerable.py); None to answer. Only answers from passages in prose are checked."""
+        """The decline answer, without generating, when no passage reaches prompt.decline_below_similarity or
+        (prompt.answerable_check) the model judges that the passages do not state the answer
+        (service/answerable.py); None to answer. Only answers from passages in prose are checked."""
         if prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
             return None
-        floor = answerable.similarity_floor(self.settings.prompt.decline_below_similarity, self.retriever.embedder.name)
         best = answerable.best_similarity(prepared.passages)
-        if floor is not None and best < floor:
+        if self.similarity_floor is not None and best < self.similarity_floor:
             log.info("declined without answering: no passage is similar enough to the question (best %.3f, below "
-                     "prompt.decline_below_similarity %g)", best, floor)
-            return Completion(self.settings.prompt.decline_answer, prepared.ledger.prompt_tokens, 0, "stop",
-                              params.model or self.generator.model_name)
+                     "prompt.decline_below_similarity %g)", best, self.similarity_floor)
+            return self._decline(prepared, params)
         threshold = self.settings.prompt.answerable_check
         if threshold is None:
             return None
@@ -208,6 +209,9 @@ class RagPipeline:
         log.info("declined without answering: the answerability score %.3f (yes/no margin%s) is below "
                  "prompt.answerable_check %g", prepared.answerable,
                  f" + {weight:g} x best passage similarity" if weight else "", threshold)
+        return self._decline(prepared, params)
+
+    def _decline(self, prepared: Prepared, params: GenerationParams) -> Completion:
         return Completion(self.settings.prompt.decline_answer, prepared.ledger.prompt_tokens, 0, "stop",
                           params.model or self.generator.model_name)
 
