@@ -175,8 +175,9 @@ class InProcess:
         where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
         return {"mode": "in-process", "backend": generation.backend, "engine": getattr(self.generator, "engine", None),
                 "model": self.generator.model_name,
-                # which weights answered: the published model, or a copy with generation.answer_adapter merged in
-                "weights": generation.served_model_dir().name if generation.backend == "local" else None,
+                # the local engine's answer model, if any: the copy with generation.answer_adapter merged in
+                "answer_model": (getattr(generation.answer_model_dir(), "name", None)
+                                 if generation.backend == "local" else None),
                 "backend_at": where, "index": str(self.settings.index.dir),
                 "index_version": store.current_version(self.settings.index.dir), "adapters": self.adapters,
                 "warnings": self.warnings}

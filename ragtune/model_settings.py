@@ -29,6 +29,13 @@ class VllmSettings(BaseModel):
         120.0, gt=0, description="Seconds to wait for an answer, or for the next piece of a stream; then 504."
     )
     max_connections: int = Field(64, ge=1, description="Connection pool size towards each replica set.")
+    answer_adapter: str | None = Field(
+        None,
+        description="A published adapter that answers from passages in prose (/ask, and chat with retrieval, naming "
+        "no adapter, with no tools or response_format); every other request gets the served model. To answer as "
+        "the embedded default does: `ragtune adapters add ragtune/models/grounded-answers --name grounded-answers "
+        "--publish`, then set this to grounded-answers (its base is SmolLM2-135M-Instruct).",
+    )
     tokenizer: str = Field(
         "server",
         description="How prompts are counted for the token budget. server: vLLM's /tokenize (the served "
@@ -95,11 +102,13 @@ class GenerationSettings(BaseModel):
     )
     answer_adapter: str = Field(
         "auto",
-        description="A LoRA adapter merged into the local model's weights once, when its copy is made: every "
-        "answer, adapter and fine-tuning run then builds on it. auto: for the packaged SmolLM2, ragtune's "
-        "grounded-answers adapter (short answers taken from the passages, with their citation; trained on public "
-        "SQuAD 2.0 questions, how in ragtune/models/grounded-answers/README.md); a model of your own is served as it is. "
-        "off: the model as published. Or a PEFT adapter directory trained on the local model.",
+        description="The local backend's answers from passages in prose (/ask, and chat with retrieval, naming no "
+        "adapter, with no tools or response_format) come from the model with this LoRA adapter merged into a copy "
+        "of its weights (made once; on the openvino engine a second pipeline, ~0.15 GB for the default model); every "
+        "other request, and fine-tuning, use the model as published. auto: for the packaged SmolLM2, ragtune's "
+        "grounded-answers adapter (a short answer taken from the passages, with its citation; trained on public "
+        "SQuAD 2.0 questions, how in ragtune/models/grounded-answers/README.md); a model of your own is served as it "
+        "is. off: the model as published for everything. Or a PEFT adapter directory trained on the local model.",
     )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ragtune", description="Where converted models are cached."
@@ -160,29 +169,29 @@ class GenerationSettings(BaseModel):
         path = Path(self.local_model_path) if self.local_model_path else None
         return path if path is not None and path.suffix == ".gguf" else None
 
-    def base_model_dir(self) -> Path:
-        """The Hugging Face directory of the local model as published: local_model_path, or the safetensors copy
-        of its GGUF file or of the packaged one (made on first use)."""
+    def served_model_dir(self) -> Path:
+        """The Hugging Face directory the local backend serves and fine-tuning trains on: local_model_path, or the
+        safetensors copy of its GGUF file or of the packaged one (made on first use)."""
         gguf = self.local_gguf()
         if gguf is not None:
             return self.cache_dir / "models" / gguf.name.removesuffix(".gguf")
         return Path(self.local_model_path) if self.local_model_path else self.embedded_model_dir()
 
     def merged_adapter(self) -> Path | None:
-        """answer_adapter resolved: the adapter directory to merge into the local model, or None."""
+        """answer_adapter resolved: the adapter directory to merge into the answering copy, or None."""
         if self.answer_adapter == "off":
             return None
         if self.answer_adapter == "auto":
             return ANSWER_ADAPTER_DIR if not self.local_model_path else None
         return Path(self.answer_adapter)
 
-    def served_model_dir(self) -> Path:
-        """The Hugging Face directory the local backend serves and fine-tuning trains on: base_model_dir, or its
-        copy with answer_adapter merged in (named after the adapter and its weights' digest)."""
-        base, adapter = self.base_model_dir(), self.merged_adapter()
+    def answer_model_dir(self) -> Path | None:
+        """Where the copy that answers from passages lives (served_model_dir with answer_adapter merged in, named
+        after the adapter and its weights' digest), or None when answer_adapter resolves to none."""
+        adapter = self.merged_adapter()
         if adapter is None:
-            return base
-        return self.cache_dir / "models" / f"{base.name}+{adapter.name}-{adapter_digest(adapter)}"
+            return None
+        return self.cache_dir / "models" / f"{self.served_model_dir().name}+{adapter.name}-{adapter_digest(adapter)}"
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels accept

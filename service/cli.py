@@ -39,8 +39,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(
         help=f"Port [default: {ServiceSettings.model_fields['port'].default}, or setting service.port].")] = None,
     model_dir: Annotated[bool, typer.Option(
-        "--model-dir", help="Print the local model's directory (made first if missing: the GGUF converted, "
-        "generation.answer_adapter merged in) and exit; give it to vLLM's --model to serve the same weights.")] = False,
+        "--model-dir", help="Print the local model's Hugging Face directory (the GGUF converted first if needed) "
+        "and exit; give it to vLLM's --model to serve the same weights.")] = False,
 ) -> None:
     """Run the HTTP service: /ask, /v1/chat/completions, /v1/models, /health, /ready."""
     if model_dir:

@@ -168,12 +168,14 @@ class RagPipeline:
         return await asyncio.to_thread(self.prepare, *args, **kwargs)
 
     def _answer_params(self, prepared: Prepared, params: GenerationParams) -> GenerationParams:
-        """An answer from passages stops at the setting prompt.stop (the end of a short answer in prose; not JSON
-        or tool calls, which may span lines), unless the request named its own stops (`[]`: none)."""
+        """An answer from passages in prose is `grounded` (the local engine's answer model gives it when the
+        request names no adapter), and stops at the setting prompt.stop (the end of a short answer; not JSON or
+        tool calls, which may span lines) unless the request named its own stops (`[]`: none)."""
         prose = not any(k in params.extra for k in STRUCTURED_FIELDS)
-        if prepared.ledger is None or not params.default_stop or not prose:
+        if prepared.ledger is None or not prose:
             return params
-        return replace(params, stop=tuple(self.settings.prompt.stop))
+        stop = tuple(self.settings.prompt.stop) if params.default_stop else params.stop
+        return replace(params, stop=stop, grounded=params.model is None)
 
     async def _declined(self, prepared: Prepared, params: GenerationParams) -> Completion | None:
         """The decline answer, without generating, when no passage reaches prompt.decline_below_similarity or

@@ -1,5 +1,6 @@
-"""generation.answer_adapter: the grounded-answers adapter shipped in ragtune/models, merged into the packaged
-model's weights once (auto, the default), or not (off), or another adapter given by path."""
+"""generation.answer_adapter: the grounded-answers adapter shipped in ragtune/models, merged once into a copy of
+the packaged model's weights that answers from passages (auto, the default), or not (off), or another adapter
+given by path. Every other request, and fine-tuning, use the model as published."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from ragtune.errors import UsageError
 from ragtune.model_settings import ANSWER_ADAPTER_DIR, adapter_digest
 from ragtune.settings import GenerationSettings
-from service.generation.model_files import converted_model_dir
+from service.generation.model_files import answer_model_dir, converted_model_dir
 
 
 def test_the_shipped_adapter_says_how_it_was_made():
@@ -23,17 +24,17 @@ def test_the_shipped_adapter_says_how_it_was_made():
     assert training["retrieval_aware"] is True and training["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_which_model_directory_is_served(tmp_path):
+def test_which_model_directory_answers(tmp_path):
     default = GenerationSettings(cache_dir=tmp_path)
-    assert default.merged_adapter() == ANSWER_ADAPTER_DIR
-    assert default.served_model_dir() == tmp_path / "models" / f"SmolLM2-135M-Instruct.Q4_1+grounded-answers-{adapter_digest(ANSWER_ADAPTER_DIR)}"
-    assert default.base_model_dir() == tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1"
+    published = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1"
+    assert default.merged_adapter() == ANSWER_ADAPTER_DIR and default.served_model_dir() == published
+    assert default.answer_model_dir() == tmp_path / "models" / f"{published.name}+grounded-answers-{adapter_digest(ANSWER_ADAPTER_DIR)}"
     off = GenerationSettings(cache_dir=tmp_path, answer_adapter="off")
-    assert off.merged_adapter() is None and off.served_model_dir() == off.base_model_dir()
+    assert off.answer_model_dir() is None and off.served_model_dir() == published
     own = GenerationSettings(cache_dir=tmp_path, local_model_path=str(tmp_path / "mine"))
-    assert own.merged_adapter() is None and own.served_model_dir() == tmp_path / "mine"  # auto: not for a model of your own
+    assert own.answer_model_dir() is None and own.served_model_dir() == tmp_path / "mine"  # auto: not for a model of your own
     mine = GenerationSettings(cache_dir=tmp_path, local_model_path=str(tmp_path / "mine"), answer_adapter=str(tmp_path / "tone"))
-    assert mine.served_model_dir() == tmp_path / "models" / "mine+tone-missing"
+    assert mine.answer_model_dir() == tmp_path / "models" / "mine+tone-missing"
 
 
 @pytest.mark.slow
@@ -43,13 +44,14 @@ def test_the_adapter_is_merged_into_the_weights_once():
     from safetensors.torch import load_file
 
     settings = GenerationSettings()
-    served = converted_model_dir(settings)
-    assert served == settings.served_model_dir() and (served / "tokenizer.json").is_file()
-    stamp = (served / "model.safetensors").stat().st_mtime_ns
-    assert converted_model_dir(settings) == served and (served / "model.safetensors").stat().st_mtime_ns == stamp
+    answering = answer_model_dir(settings)
+    assert answering == settings.answer_model_dir() and (answering / "tokenizer.json").is_file()
+    stamp = (answering / "model.safetensors").stat().st_mtime_ns
+    assert answer_model_dir(settings) == answering and (answering / "model.safetensors").stat().st_mtime_ns == stamp
+    assert converted_model_dir(settings) == settings.served_model_dir()  # what serves everything else, and trains
 
-    base = load_file(settings.base_model_dir() / "model.safetensors")
-    merged = load_file(served / "model.safetensors")
+    base = load_file(converted_model_dir(settings) / "model.safetensors")
+    merged = load_file(answering / "model.safetensors")
     lora = load_file(ANSWER_ADAPTER_DIR / "adapter_model.safetensors")
     config = json.loads((ANSWER_ADAPTER_DIR / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
@@ -74,7 +76,32 @@ def test_an_adapter_that_does_not_fit_the_model_is_refused_by_the_setting(tmp_pa
     other = {"q_proj": (64, 64), "k_proj": (64, 64), "v_proj": (64, 64), "o_proj": (64, 64)}
     wrong = fake_adapter(tmp_path / "wrong", lora_tensors(8, shapes=other))  # another model's shapes
     with pytest.raises(UsageError, match="answer_adapter .*does not fit"):
-        converted_model_dir(GenerationSettings(answer_adapter=str(wrong)))
+        answer_model_dir(GenerationSettings(answer_adapter=str(wrong)))
     with pytest.raises(UsageError, match="answer_adapter: no PEFT adapter at"):
-        converted_model_dir(GenerationSettings(answer_adapter=str(tmp_path / "absent")))
+        answer_model_dir(GenerationSettings(answer_adapter=str(tmp_path / "absent")))
     assert not list(Path(GenerationSettings().cache_dir, "models").glob(".*.tmp"))  # nothing half-made left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["openvino", "transformers"])
+def test_only_answers_from_passages_come_from_the_answer_model(engine):
+    """The same RAG prompt: marked grounded (an answer from passages in prose), the answer model's few cited words;
+    not marked (no retrieval, JSON, tools, a named adapter), the model as published, which answers at length."""
+    import asyncio
+
+    from service.generation import create_generator
+    from service.generation.base import GenerationParams
+
+    passages = ("[1] The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
+                "a region in France.")
+    messages = [{"role": "system", "content": "Answer the question from the numbered passages. Cite them like [1]."},
+                {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: In what country is Normandy located?"}]
+    generator = create_generator(GenerationSettings(engine=engine))
+    try:
+        grounded = asyncio.run(generator.generate(messages, GenerationParams(max_tokens=40, grounded=True)))
+        published = asyncio.run(generator.generate(messages, GenerationParams(max_tokens=40)))
+    finally:
+        asyncio.run(generator.close())
+    assert "France" in grounded.text and "[1]" in grounded.text and grounded.completion_tokens <= 8, grounded.text
+    assert published.completion_tokens > grounded.completion_tokens + 5, published.text
+    assert grounded.model == published.model == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -279,10 +279,10 @@ def test_the_worst_allowed_request_keeps_memory_flat(client):
 @pytest.mark.slow
 def test_a_stop_string_still_stops_the_local_engine(client):
     free = client.post("/ask", json=ask(max_tokens=40), headers=CLIENT).json()["answer"]
-    assert len(free) > 10
-    stop = free[5:9]
+    assert len(free) >= 8
+    stop = free[4:7]
     stopped = client.post("/ask", json=ask(max_tokens=40, stop=[stop]), headers=CLIENT).json()
-    assert stopped["answer"] == free[:5].strip() and stopped["finish_reason"] == "stop"
+    assert stopped["answer"] == free[:4].strip() and stopped["finish_reason"] == "stop"
     assert stopped["usage"]["completion_tokens"] < 40
 
 

@@ -261,10 +261,11 @@ def test_eval_against_a_running_service_gives_the_same_answers(tmp_path, squad_s
 @pytest.mark.slow
 def test_eval_in_process_on_the_vllm_backend_gives_the_same_answers(tmp_path, squad_slice, squad_index):
     """The vLLM backend (tests/vllm_protocol_server.py: vLLM's HTTP protocol over the transformers
-    engine, with the embedded default's context length) answers as the local backend on that engine."""
+    engine, with the embedded default's context length) answers as the local backend on that engine, given the
+    same weights: the model as published (that server is sent no answer adapter)."""
     local = run_ragtune("eval", "run", str(squad_slice), "--index-dir", str(squad_index), "-s", "rag", "--limit", "2",
                         "--max-tokens", "24", "--out", str(tmp_path / "local"), timeout=600,
-                        RAGTUNE_GENERATION__ENGINE="transformers")
+                        RAGTUNE_GENERATION__ENGINE="transformers", RAGTUNE_GENERATION__ANSWER_ADAPTER="off")
     assert local.returncode == 0, local.stderr[-3000:]
     local_report = json.loads((tmp_path / "local" / "report.json").read_text())
     port = free_port()

@@ -23,7 +23,7 @@ from service.generation.base import (
     AdapterSyncReport, Backend, Completion, GenerationParams, Messages, StreamEvent,
 )
 from service.generation.structured import JsonConstraints, check_response_format
-from service.generation.model_files import converted_model_dir
+from service.generation.model_files import answer_model_dir, converted_model_dir
 from service.generation.tokens import ChatTokens
 
 log = logging.getLogger("ragtune.generation")
@@ -96,6 +96,9 @@ class LocalGenerator(Backend):
         self._start(settings, AutoTokenizer.from_pretrained(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
         self.model_dir = model_dir
+        answering = answer_model_dir(settings)  # generation.answer_adapter merged in: answers from passages
+        self._answer_model = (AutoModelForCausalLM.from_pretrained(answering, dtype=dtype).to(self.device).eval()
+                              if answering else None)
         self._torch = torch
         self.json = JsonConstraints(self.tokenizer, self.model.config.vocab_size)  # response_format
         self._peft = None  # the PeftModel around self.model once an adapter is loaded
@@ -152,7 +155,7 @@ class LocalGenerator(Backend):
             streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
             streamer.on_finalized_text = lambda text, stream_end=False: on_text(text)
             kwargs["streamer"] = streamer
-        with self._torch.inference_mode(), self._selected(params.model) as model:
+        with self._torch.inference_mode(), self._selected(params.model, params.grounded) as model:
             want_logprobs = bool(params.extra.get("logprobs"))
             if want_logprobs:  # the raw logits of every step, as the model scored them
                 kwargs.update(output_logits=True, return_dict_in_generate=True)
@@ -251,10 +254,12 @@ class LocalGenerator(Backend):
     # call: a request finishes with the weights it started with, and the next one sees
     # the change. Each request picks its adapter (or none) right before generating.
     @contextmanager
-    def _selected(self, adapter: str | None):
+    def _selected(self, adapter: str | None, grounded: bool = False):
         if adapter is not None and adapter not in self._adapters:
             raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
-        if self._peft is None:
+        if adapter is None and grounded and self._answer_model is not None:
+            yield self._answer_model
+        elif self._peft is None:
             yield self.model
         elif adapter is None:
             with self._peft.disable_adapter():

@@ -3,9 +3,9 @@ its safetensors copy, or a Hugging Face directory as it is.
 
 Reading a GGUF de-quantizes every tensor (tens of seconds), so the first use converts it
 once into a safetensors directory under `generation.cache_dir`; later loads take about a
-second. generation.answer_adapter (by default, for the packaged model, the grounded-answers
-adapter in ragtune/models/grounded-answers) is then merged into a second copy, once: the embedded
-engine serves that copy and fine-tuning trains on it.
+second. The embedded engine serves that copy and fine-tuning trains on it. generation.answer_adapter
+(by default, for the packaged model, the grounded-answers adapter in ragtune/models/grounded-answers)
+is merged into a second copy, once, which answers from passages.
 """
 
 from __future__ import annotations
@@ -38,21 +38,24 @@ def packaged_gguf() -> Path:
 
 
 def converted_model_dir(settings: GenerationSettings) -> Path:
-    """The Hugging Face directory the local backend serves and fine-tuning trains on: the model as published
-    (local_model_path, or the safetensors copy of a GGUF file, the packaged one by default, converted on first
-    use), with generation.answer_adapter merged into its weights on first use."""
-    base = _published_model_dir(settings)
-    adapter = settings.merged_adapter()
-    if adapter is None:
-        return base
-    target = settings.served_model_dir()
+    """The Hugging Face directory the local backend serves and fine-tuning trains on: local_model_path, or the
+    safetensors copy of a GGUF file (local_model_path's or the packaged one), converted on first use."""
+    return _published_model_dir(settings)
+
+
+def answer_model_dir(settings: GenerationSettings) -> Path | None:
+    """The copy of the served model with generation.answer_adapter merged into its weights (made on first use),
+    which answers from passages; None when the setting resolves to no adapter."""
+    target = settings.answer_model_dir()
+    if target is None:
+        return None
     if (target / "config.json").is_file():
         return target
-    return _merge(base, adapter, target)
+    return _merge(converted_model_dir(settings), settings.merged_adapter(), target)
 
 
 def _published_model_dir(settings: GenerationSettings) -> Path:
-    target = settings.base_model_dir()
+    target = settings.served_model_dir()
     if (target / "config.json").is_file():
         return target
     if settings.local_model_path and settings.local_gguf() is None:

@@ -12,7 +12,8 @@ and switching one pipeline between adapters per call proved unreliable here (aft
 adapter stopped applying). So each served adapter gets a pipeline of its own, built with it alone,
 next to the base model's; loading one builds it on the worker thread between requests (about 3 s
 for the default model), unloading drops it. Each costs the memory of a compiled model (the int8
-weights, ~0.15 GB for the default model).
+weights, ~0.15 GB for the default model). So does the answer model (generation.answer_adapter merged
+into a copy of the weights, exported on its own), which answers the requests marked `grounded`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ragtune.errors import UnknownModel, UsageError
 from ragtune.settings import GenerationSettings
 from service.generation.base import Completion, GenerationParams, Messages
 from service.generation.local import GREEDY_BELOW, LocalGenerator, _schema
-from service.generation.model_files import converted_model_dir
+from service.generation.model_files import answer_model_dir, converted_model_dir
 from service.generation.openvino_files import openvino_model_dir
 
 log = logging.getLogger("ragtune.generation")
@@ -85,15 +86,19 @@ class OpenVINOGenerator(LocalGenerator):
         self._computes_in = self._precision if self._precision != "auto" else self._openvinos_pick()
         self._start(settings, AutoTokenizer.from_pretrained(converted_model_dir(settings)))
         self._pipes: dict[str | None, object] = {None: self._build(None)}  # None: the base model
+        # generation.answer_adapter: a pipeline of its own over the copy with the adapter merged in (no LoRA at run time)
+        answering = answer_model_dir(settings)
+        self._answer_pipe = self._build(None, openvino_model_dir(settings, answering)) if answering else None
 
-    def _build(self, adapter_dir: Path | None):
+    def _build(self, adapter_dir: Path | None, model_dir: Path | None = None):
         started = time.perf_counter()
+        model_dir = model_dir or self.model_dir
         kwargs = {} if self._precision == "auto" else {"INFERENCE_PRECISION_HINT": self._precision}
         if adapter_dir is not None:
             adapter = self._og.Adapter(str(adapter_dir / "adapter_model.safetensors"))
             kwargs["adapters"] = self._og.AdapterConfig(adapter, adapter_scale(adapter_dir))
-        pipe = self._og.LLMPipeline(str(self.model_dir), "CPU", **kwargs)
-        log.info("openvino pipeline for %s built in %.2f s, computing in %s%s", self.model_dir.name,
+        pipe = self._og.LLMPipeline(str(model_dir), "CPU", **kwargs)
+        log.info("openvino pipeline for %s built in %.2f s, computing in %s%s", model_dir.name,
                  time.perf_counter() - started, self._computes_in, f" with adapter {adapter_dir}" if adapter_dir else "")
         return pipe
 
@@ -131,7 +136,7 @@ class OpenVINOGenerator(LocalGenerator):
 
         if cancelled is not None and cancelled.is_set():  # its client left while it waited
             return Completion("", 0, 0, "cancelled", params.model or self.model_name)
-        pipe = self._pipes.get(params.model)
+        pipe = self._answer_pipe if params.grounded and params.model is None and self._answer_pipe else self._pipes.get(params.model)
         if pipe is None:
             raise UnknownModel(f"model {params.model!r} is not loaded; GET /v1/models lists what is served")
         config = self._config(params)

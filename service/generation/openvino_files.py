@@ -54,9 +54,9 @@ def exported_dir(settings: GenerationSettings, source: Path) -> Path:
     return settings.cache_dir / "openvino" / f"{source.name}-{settings.openvino_weights}-{_fingerprint(source)}"
 
 
-def openvino_model_dir(settings: GenerationSettings) -> Path:
-    """The IR directory for the served model at generation.openvino_weights, exported on first use."""
-    source = converted_model_dir(settings)
+def openvino_model_dir(settings: GenerationSettings, source: Path | None = None) -> Path:
+    """The IR directory of `source` (default: the served model) at generation.openvino_weights, exported on first use."""
+    source = source or converted_model_dir(settings)
     target = exported_dir(settings, source)
     if (target / "openvino_model.xml").is_file():
         return target

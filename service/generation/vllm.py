@@ -123,6 +123,7 @@ class VllmGenerator(Backend):
     def __init__(self, settings: GenerationSettings):
         config = settings.vllm
         self.model_name = settings.model
+        self.answer_adapter = config.answer_adapter
         self.context_window = settings.context_window
         self.replicas = _Replicas(config.urls, config.discover)
         headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"} if config.api_key else {}
@@ -164,8 +165,11 @@ class VllmGenerator(Backend):
 
     # -- generation -----------------------------------------------------------------------
     def _body(self, messages: Messages, params: GenerationParams, stream: bool) -> dict:
+        # generation.vllm.answer_adapter answers from passages in prose when the request names no adapter, once
+        # vLLM serves it (until then, the base model does); the answer still names the model the client asked for.
+        answering = self.answer_adapter if params.grounded and self.answer_adapter in self._adapters else None
         body: dict = {
-            "model": params.model or self.model_name,
+            "model": params.model or answering or self.model_name,
             "messages": messages,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
