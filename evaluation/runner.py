@@ -173,11 +173,9 @@ class InProcess:
     def describe(self) -> dict:
         generation = self.settings.generation
         where = generation.vllm.urls if generation.backend == "vllm" else "in-process"
+        answering = generation.answer_model_dir() if generation.backend == "local" else None  # answer_adapter merged in
         return {"mode": "in-process", "backend": generation.backend, "engine": getattr(self.generator, "engine", None),
-                "model": self.generator.model_name,
-                # the local engine's answer model, if any: the copy with generation.answer_adapter merged in
-                "answer_model": (getattr(generation.answer_model_dir(), "name", None)
-                                 if generation.backend == "local" else None),
+                "model": self.generator.model_name, "answer_model": answering.name if answering else None,
                 "backend_at": where, "index": str(self.settings.index.dir),
                 "index_version": store.current_version(self.settings.index.dir), "adapters": self.adapters,
                 "warnings": self.warnings}

@@ -171,8 +171,7 @@ class RagPipeline:
         """An answer from passages in prose is `grounded` (the local engine's answer model gives it when the
         request names no adapter), and stops at the setting prompt.stop (the end of a short answer; not JSON or
         tool calls, which may span lines) unless the request named its own stops (`[]`: none)."""
-        prose = not any(k in params.extra for k in STRUCTURED_FIELDS)
-        if prepared.ledger is None or not prose:
+        if not _from_passages_in_prose(prepared, params):
             return params
         stop = tuple(self.settings.prompt.stop) if params.default_stop else params.stop
         return replace(params, stop=stop, grounded=params.model is None)
@@ -181,7 +180,7 @@ class RagPipeline:
         """The decline answer, without generating, when no passage reaches prompt.decline_below_similarity or
         (prompt.answerable_check) the model judges that the passages do not state the answer
         (service/answerable.py); None to answer. Only answers from passages in prose are checked."""
-        if prepared.ledger is None or any(k in params.extra for k in STRUCTURED_FIELDS):
+        if not _from_passages_in_prose(prepared, params):
             return None
         best = answerable.best_similarity(prepared.passages)
         if self.similarity_floor is not None and best < self.similarity_floor:
@@ -242,6 +241,12 @@ class RagPipeline:
         prepared.timings_ms["generation"] = (time.perf_counter() - started) * 1000
         if self.observe is not None:
             self.observe(prepared.timings_ms, completion)
+
+
+def _from_passages_in_prose(prepared: Prepared, params: GenerationParams) -> bool:
+    """An answer from retrieved passages (retrieval ran), in prose (not JSON, not tool calls): what the default stop,
+    the declines and the answer model apply to."""
+    return prepared.ledger is not None and not any(k in params.extra for k in STRUCTURED_FIELDS)
 
 
 def build_pipeline(

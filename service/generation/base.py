@@ -24,8 +24,8 @@ class GenerationParams:
     frequency_penalty: float = 0.0  # OpenAI's sense: subtracted from a token's logit per time it is in the answer so far
     presence_penalty: float = 0.0  # once, if it is in the answer so far (the prompt does not count)
     model: str | None = None  # an adapter name, or None for the base model
-    # An answer from passages in prose, naming no adapter: a local engine answers it with its answer model
-    # (generation.answer_adapter merged in) where it has one.
+    # An answer from passages in prose, naming no adapter (so `model` is None; the pipeline sets it): a local
+    # engine answers it with its answer model (generation.answer_adapter merged in) where it has one.
     grounded: bool = False
     # OpenAI fields passed to the backend as they are (tools, response_format, logprobs...), for a
     # backend that honours them (vLLM); its choices then come back unchanged in `Completion.choices`.

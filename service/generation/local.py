@@ -257,7 +257,7 @@ class LocalGenerator(Backend):
     def _selected(self, adapter: str | None, grounded: bool = False):
         if adapter is not None and adapter not in self._adapters:
             raise UnknownModel(f"model {adapter!r} is not loaded; GET /v1/models lists what is served")
-        if adapter is None and grounded and self._answer_model is not None:
+        if grounded and self._answer_model is not None:
             yield self._answer_model
         elif self._peft is None:
             yield self.model

@@ -136,7 +136,7 @@ class OpenVINOGenerator(LocalGenerator):
 
         if cancelled is not None and cancelled.is_set():  # its client left while it waited
             return Completion("", 0, 0, "cancelled", params.model or self.model_name)
-        pipe = self._answer_pipe if params.grounded and params.model is None and self._answer_pipe else self._pipes.get(params.model)
+        pipe = self._answer_pipe if params.grounded and self._answer_pipe else self._pipes.get(params.model)
         if pipe is None:
             raise UnknownModel(f"model {params.model!r} is not loaded; GET /v1/models lists what is served")
         config = self._config(params)
