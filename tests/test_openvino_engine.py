@@ -127,10 +127,19 @@ def test_an_adapter_is_hot_loaded_served_and_unloaded_without_restart(client, se
 def _unexported(tmp_path, **fields):
     from ragtune.settings import GenerationSettings
 
-    settings = GenerationSettings(**{"cache_dir": tmp_path, "openvino_exporter": str(tmp_path / "nope"), **fields})
+    settings = GenerationSettings(**{"cache_dir": tmp_path, "openvino_exporter": str(tmp_path / "nope"),
+                                     "answer_adapter": "off", **fields})
     settings.served_model_dir().mkdir(parents=True)
     (settings.served_model_dir() / "config.json").write_text("{}")
     return settings
+
+
+def _exported(settings, source):
+    from service.generation.openvino_files import exported_dir
+
+    exported = exported_dir(settings, source)
+    exported.mkdir(parents=True)
+    (exported / "openvino_model.xml").write_text("<net/>")
 
 
 def test_a_missing_exporter_is_a_clear_error(tmp_path):
@@ -156,6 +165,21 @@ def test_auto_picks_openvino_only_where_it_can_run_and_says_why(tmp_path):
     exporter = tmp_path / "optimum-cli"
     exporter.write_text("")
     assert choose_engine(_unexported(tmp_path / "y", openvino_exporter=str(exporter)))[0] == "openvino"  # it would export
+
+
+def test_without_the_exporter_the_answer_copy_must_be_exported_too(tmp_path):
+    """A cache exported before generation.answer_adapter existed holds the served model's IR only: with no exporter
+    to export the answer copy, auto picks transformers (which merges it itself) instead of failing at start."""
+    from service.generation.openvino_files import choose_engine
+
+    settings = _unexported(tmp_path, answer_adapter="auto")
+    _exported(settings, settings.served_model_dir())
+    engine, why = choose_engine(settings)
+    assert engine == "transformers" and settings.answer_model_dir().name in why and "make openvino-env" in why
+    settings.answer_model_dir().mkdir(parents=True)  # merged and exported earlier
+    (settings.answer_model_dir() / "config.json").write_text("{}")
+    _exported(settings, settings.answer_model_dir())
+    assert choose_engine(settings)[0] == "openvino"
 
 
 @pytest.mark.slow

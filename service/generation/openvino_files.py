@@ -98,7 +98,11 @@ def choose_engine(settings: GenerationSettings) -> tuple[str, str]:
     if importlib.util.find_spec("openvino_genai") is None:
         return "transformers", "openvino-genai is not installed (pip install 'ragtune[openvino]')"
     if not exporter_path(settings).is_file():
-        source = converted_model_dir(settings)
-        if not (exported_dir(settings, source) / "openvino_model.xml").is_file():
-            return "transformers", f"the model is not exported to OpenVINO and its exporter {exporter_path(settings)} is missing (make openvino-env)"
+        # Without the exporter, every model the engine runs must be exported already: the served one and the
+        # answer copy (generation.answer_adapter), which a cache made before it was merged does not hold.
+        answering = settings.answer_model_dir()
+        for source in (converted_model_dir(settings), *([answering] if answering else [])):
+            if not (source / "config.json").is_file() or not (exported_dir(settings, source) / "openvino_model.xml").is_file():
+                return "transformers", (f"{source.name} is not exported to OpenVINO and its exporter "
+                                        f"{exporter_path(settings)} is missing (make openvino-env)")
     return "openvino", "no GPU; OpenVINO GenAI and its exporter are installed"
