@@ -293,30 +293,35 @@ def test_the_adapter_lifecycle_on_real_vllm(service, vllm, registry, tmp_path):
     assert "wide" not in served_adapters(vllm.url)
 
 
-def test_the_shipped_answer_adapter_answers_from_passages_on_vllm(service, vllm, squad_index, logs, tmp_path):
+def test_the_shipped_answer_adapter_answers_from_passages_on_vllm(service, vllm, registry, squad_index, logs):
     """generation.vllm.answer_adapter: the grounded-answers adapter, published, answers /ask and chat with retrieval
     (a few words and the citation, as the embedded default answers); a request without retrieval gets the base model."""
     from ragtune.model_settings import ANSWER_ADAPTER_DIR
     from ragtune.registry import Registry
     from ragtune.settings import AdapterSettings
 
-    registry = tmp_path / "adapters"
-    Registry(AdapterSettings(dir=registry), BASE_MODEL).add("grounded-answers", ANSWER_ADAPTER_DIR, publish=True)
+    # In the registry the module's service reconciles vLLM to too: a service with another registry would unload it.
+    shared = Registry(AdapterSettings(dir=registry), BASE_MODEL)
+    shared.add("grounded-answers", ANSWER_ADAPTER_DIR, publish=True)
     port = free_port()
     cmd = ragtune_cmd("serve", "--index-dir", str(squad_index), "--port", str(port))
     env = service_env([vllm.url], registry, RAGTUNE_GENERATION__VLLM__ANSWER_ADAPTER="grounded-answers")
-    with Server(cmd, port, logs / "service-answering.log", env) as served:
-        url = served.start("/ready").url
-        wait_for(lambda: "grounded-answers" in served_adapters(vllm.url), "vLLM did not load the answer adapter", 60)
-        question = {"question": "In what country is Normandy located?", "max_tokens": 30}
-        asked = httpx.post(f"{url}/ask", json=question, timeout=120).json()
-        assert re.search(r"\[\d\]", asked["answer"]) and asked["usage"]["completion_tokens"] <= 8, asked["answer"]
-        assert asked["model"] == BASE_MODEL  # the client's model, whichever weights answered
-        published = httpx.post(f"{service}/ask", json=question, timeout=120).json()  # the same, without the setting
-        assert published["usage"]["completion_tokens"] > asked["usage"]["completion_tokens"] + 5, published["answer"]
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        own = chat(client, "In what country is Normandy located?", max_tokens=30, temperature=0, extra_body=NO_RETRIEVAL)
-        assert own.usage.completion_tokens > 8  # the base model, as published, at its own length
+    try:
+        with Server(cmd, port, logs / "service-answering.log", env) as served:
+            url = served.start("/ready").url
+            wait_for(lambda: "grounded-answers" in served_adapters(vllm.url), "vLLM did not load the answer adapter", 60)
+            question = {"question": "In what country is Normandy located?", "max_tokens": 30}
+            asked = httpx.post(f"{url}/ask", json=question, timeout=120).json()
+            assert re.search(r"\[\d\]", asked["answer"]) and asked["usage"]["completion_tokens"] <= 8, asked["answer"]
+            assert asked["model"] == BASE_MODEL  # the client's model, whichever weights answered
+            published = httpx.post(f"{service}/ask", json=question, timeout=120).json()  # the same, without the setting
+            assert published["usage"]["completion_tokens"] > asked["usage"]["completion_tokens"] + 5, published["answer"]
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            own = chat(client, "In what country is Normandy located?", max_tokens=30, temperature=0, extra_body=NO_RETRIEVAL)
+            assert own.usage.completion_tokens > 8  # the base model, as published, at its own length
+    finally:  # withdrawn, so the tests after this one find vLLM as they left it
+        shared.delete("grounded-answers")
+        wait_for(lambda: "grounded-answers" not in served_adapters(vllm.url), "vLLM kept the answer adapter", 30)
 
 
 def test_real_vllm_serves_an_adapter_of_the_top_layers_only(service, vllm, registry, pirate_top_registry):
