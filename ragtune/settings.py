@@ -196,8 +196,9 @@ class PromptSettings(BaseModel):
     )
     answerable_check: float | None = Field(
         None,
-        description="Before answering from passages, ask the model whether they state the answer (one prefill, "
-        "no answer generated) and give decline_answer when log P(yes) - log P(no) of its reply (plus "
+        description="Before answering from passages, ask the model whether they state the answer (the answer's "
+        "own prompt with the question after it, nothing generated; where the backend caches prefixes, as OpenVINO "
+        "GenAI and vLLM do, the answer then reuses that prefill) and give decline_answer when log P(yes) - log P(no) of its reply (plus "
         "answerable_check_retrieval_weight times the best passage's similarity) is below this. "
         "Unset: off, the default, as the default model's judgement is chance; bench/answerability.py measures "
         "a model's and picks the threshold on a training set (the documentation, Evaluating the ramp).",

@@ -1,9 +1,11 @@
 """The answerability check (prompt.answerable_check): before answering from passages, the model is asked
 whether the passages state the answer, and the answer is declined when its yes is not likely enough.
 
-The judgement is the first token of the model's reply to the same passages and question followed by
-ASK, under its own system prompt: log P(yes) - log P(no), summed over the spellings of each. One prefill,
-nothing generated; bench/answerability.py measures how well it separates answerable questions.
+The judgement is the first token of the model's reply when ASK follows the answer's own prompt (its system
+prompt, passages and question) as a user turn of its own: log P(yes) - log P(no), summed over the
+spellings of each. Nothing is generated, and as the check's prompt starts with the answer's, a backend
+that caches prefixes (OpenVINO GenAI and vLLM do by default) prefills the passages once for both: the
+answer after the check costs its decoding alone. bench/answerability.py measures how well it separates.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import math
 
 from service.generation.base import Messages
 
-SYSTEM = "You check whether passages answer a question. Reply with Yes or No only."
-ASK = "\n\nDo the passages above state the answer to this question? Reply Yes or No."
+ASK = "Do the passages above state the answer to this question? Reply Yes or No."
 JUDGE_YES, JUDGE_NO = "Yes", "No"  # a judge adapter's targets (ragtune finetune train --judge)
 
 
 def check_messages(messages: Messages) -> Messages:
-    """The check's prompt: the answer prompt's last user turn (passages and question) and ASK."""
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": messages[-1]["content"] + ASK}]
+    """The check's prompt: the answer's prompt unchanged, then ASK as a user turn of its own."""
+    return [*messages, {"role": "user", "content": ASK}]
 
 
 def yes_no_margin(top: list[tuple[str, float]]) -> float:

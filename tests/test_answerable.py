@@ -36,9 +36,10 @@ def test_the_margin_adds_up_the_spellings_and_floors_a_missing_side():
     assert score(-1.0, best_similarity(passages), 2.0) == pytest.approx(0.4)
     assert score(-1.0, best_similarity(passages), 0.0) == -1.0
     assert score(-1.0, best_similarity([]), 2.0) == -1.0  # nothing packed: the margin alone
-    asked = check_messages([{"role": "system", "content": "answer"}, {"role": "user", "content": "Passages: [1] x\n\nQuestion: q"}])
-    assert [m["role"] for m in asked] == ["system", "user"] and "Yes or No" in asked[0]["content"]
-    assert asked[1]["content"].startswith("Passages: [1] x\n\nQuestion: q") and asked[1]["content"].endswith("Reply Yes or No.")
+    answer = [{"role": "system", "content": "answer"}, {"role": "user", "content": "Passages: [1] x\n\nQuestion: q"}]
+    asked = check_messages(answer)
+    assert asked[:2] == answer  # the answer's prompt is the check's prefix: one prefill where prefixes are cached
+    assert asked[2]["role"] == "user" and asked[2]["content"].endswith("Reply Yes or No.")
 
 
 @pytest.mark.slow

@@ -311,3 +311,32 @@ def test_the_cpu_image_has_what_the_openvino_engine_needs():
     assert image_recipe == make_recipe and image_recipe["with deps"]  # the recipe the tests' .venv-openvino is built by
     for name in image_recipe["constraints"]:
         assert (1, "COPY", f"{name} ./src/") in steps and in_context(name, dockerignore_rules())
+
+
+def test_the_quality_profile_sets_valid_settings_that_a_prompt_can_use():
+    """deploy/quality.env, sourced by bash as its header says: every variable a setting, every value valid,
+    and its answer template still carrying the passages and the question."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (f"source {REPO / 'deploy/quality.env'} && {sys.executable} -c '"
+              "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(\"RAGTUNE_\")}))'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")}
+    profile = json.loads(subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout)
+    assert profile["RAGTUNE_GENERATION__LOCAL_MODEL_PATH"].endswith("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    from ragtune.settings import Settings
+
+    for name in profile:
+        node = Settings
+        for part in name.removeprefix("RAGTUNE_").lower().split("__"):
+            assert part in node.model_fields, f"{name}: no setting {part!r}"
+            node = node.model_fields[part].annotation
+    settings = subprocess.run(
+        ["bash", "-c", f"source {REPO / 'deploy/quality.env'} && {sys.executable} -c 'from ragtune.settings import get_settings; "
+         "s = get_settings(); print(s.model_dump_json())'"], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    loaded = json.loads(settings.stdout)
+    assert loaded["prompt"]["answerable_check"] == 0.65 and loaded["retrieval"]["top_k"] == 4
+    template = loaded["prompt"]["context_template"]
+    assert template.format(passages="P", question="Q") == "Passages:\n\nP\n\nQuestion: Q\n\nAnswer with a short phrase from the passages."
