@@ -4,6 +4,7 @@ given by path. Every other request, and fine-tuning, use the model as published.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from service.generation.model_files import answer_model_dir, converted_model_dir
 
 def test_the_shipped_adapter_says_how_it_was_made():
     card = (ANSWER_ADAPTER_DIR / "README.md").read_text()
-    assert "make answer-adapter" in card and "squad-v2-dev-5articles.json" in card and "CC BY-SA 4.0" in card
+    assert "make answer-adapter" in card and "data/squad-v2-train-10articles.json" in card and "CC BY-SA 4.0" in card
+    # the training data ships beside it, and is the file its README vouches for
+    data = Path(__file__).resolve().parent.parent / "data"
+    digest = hashlib.sha256((data / "squad-v2-train-10articles.json").read_bytes()).hexdigest()
+    assert digest in (data / "README.md").read_text()
     config = json.loads((ANSWER_ADAPTER_DIR / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] in (8, 16)
     training = json.loads((ANSWER_ADAPTER_DIR / "ragtune_adapter.json").read_text())

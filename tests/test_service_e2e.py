@@ -57,12 +57,12 @@ def test_streaming_chunks_parse_and_usage_arrives(client):
 
 def test_the_default_answers_held_out_questions_in_a_few_words_from_the_passages(server, squad):
     """The default model carries the grounded-answers adapter (generation.answer_adapter = auto): on questions
-    about paragraphs it was never trained on, short answers that match the gold span and cite their passage.
+    about articles it was never trained on, short answers that match the gold span and cite their passage.
     The model as published scores 5.5% token F1 on this half (docs/measurements.md)."""
     from evaluation.metrics import cited, token_f1
     from evaluation.qa import split_squad
 
-    held_out = [q for q in split_squad(squad, 0.5, 0).test if q.answerable][:24]  # the split the adapter's training left out
+    held_out = [q for q in split_squad(squad, 0.5, 0).test if q.answerable][:24]  # the half the measurements use
     scores, tokens, citing = [], [], 0
     for item in held_out:
         body = httpx.post(f"{server}/ask", json={"question": item.question, "max_tokens": 32}, timeout=120).json()
