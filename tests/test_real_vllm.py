@@ -312,10 +312,12 @@ def test_the_shipped_answer_adapter_answers_from_passages_on_vllm(service, vllm,
             wait_for(lambda: "grounded-answers" in served_adapters(vllm.url), "vLLM did not load the answer adapter", 60)
             question = {"question": "In what country is Normandy located?", "max_tokens": 30}
             asked = httpx.post(f"{url}/ask", json=question, timeout=120).json()
-            assert re.search(r"\[\d\]", asked["answer"]) and asked["usage"]["completion_tokens"] <= 8, asked["answer"]
+            assert re.search(r"\[\d\]", asked["answer"]) and asked["usage"]["completion_tokens"] <= 12, asked["answer"]  # a few words
             assert asked["model"] == BASE_MODEL  # the client's model, whichever weights answered
             published = httpx.post(f"{service}/ask", json=question, timeout=120).json()  # the same, without the setting
-            assert published["usage"]["completion_tokens"] > asked["usage"]["completion_tokens"] + 5, published["answer"]
+            # the published weights answer in a sentence of their own, without the citation
+            assert published["usage"]["completion_tokens"] > asked["usage"]["completion_tokens"], published["answer"]
+            assert not re.search(r"\[\d\]", published["answer"]), published["answer"]
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
             own = chat(client, "In what country is Normandy located?", max_tokens=30, temperature=0, extra_body=NO_RETRIEVAL)
             assert own.usage.completion_tokens > 8  # the base model, as published, at its own length
