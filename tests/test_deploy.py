@@ -326,16 +326,14 @@ def test_the_quality_profile_sets_valid_settings_that_a_prompt_can_use():
     import subprocess
     import sys
 
-    script = (f"source {REPO / 'deploy/quality.env'} && {sys.executable} -c '"
-              "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(\"RAGTUNE_\")}))'")
+    dump = ("import json, os; from ragtune.settings import get_settings; "
+            "print(json.dumps([{k: v for k, v in os.environ.items() if k.startswith(\"RAGTUNE_\")}, get_settings().model_dump(mode=\"json\")]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGTUNE_")}
-    profile = json.loads(subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout)
+    shell = subprocess.run(["bash", "-c", f"source {REPO / 'deploy/quality.env'} && {sys.executable} -c '{dump}'"],
+                           env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    profile, loaded = json.loads(shell.stdout)
     assert profile["RAGTUNE_GENERATION__LOCAL_MODEL_PATH"].endswith("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
     assert_settings_exist(profile)
-    settings = subprocess.run(
-        ["bash", "-c", f"source {REPO / 'deploy/quality.env'} && {sys.executable} -c 'from ragtune.settings import get_settings; "
-         "s = get_settings(); print(s.model_dump_json())'"], env=env, capture_output=True, text=True, check=True, cwd=REPO)
-    loaded = json.loads(settings.stdout)
     assert loaded["prompt"]["answerable_check"] == 0.65 and loaded["retrieval"]["top_k"] == 4
     template = loaded["prompt"]["context_template"]
     assert template.format(passages="P", question="Q") == "Passages:\n\nP\n\nQuestion: Q\n\nAnswer with a short phrase from the passages."
